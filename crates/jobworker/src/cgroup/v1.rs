@@ -1,0 +1,255 @@
+//! cgroup v1: each controller lives in a hierarchy of its own (or shares one with the
+//! controllers co-mounted with it, e.g. `cpu,cpuacct`), and the daemon has a separate cgroup
+//! path in each. A job therefore gets one directory per hierarchy, each carrying the limits of
+//! the controllers mounted there.
+//!
+//! Memory hierarchy: v1 once let a cgroup opt out of hierarchical accounting
+//! (`memory.use_hierarchy` = 0), in which case a parent's limit did not bound its children and
+//! their usage was not charged to it. Since Linux 5.11 the flag is always 1 (writes of 0 fail),
+//! which is what the worker assumes: a job's memory is charged to every ancestor, so the
+//! daemon's supervisor sees it, and the effective limit is the smallest along the path. On
+//! older kernels with the flag cleared on an ancestor, that ancestor's limits ignore the jobs.
+//!
+//! IO: blkio throttling only sees IO the job submits itself (direct IO, or writeback it forces
+//! with fsync). Buffered writes are flushed later by kernel threads charged to the root cgroup
+//! and are not throttled; only v2 `io.max` with cgroup writeback limits them.
+
+use std::path::Path;
+
+use super::{
+    CPU_PERIOD_US, CgroupDir, CgroupError, CgroupUsage, Controller, DevNum, Mount, ProcCgroup,
+    cpu_quota_us, read_keyed, read_u64, resolve_parent, write,
+};
+use crate::spec::Limits;
+use std::time::Duration;
+
+/// The controllers jobs need and their v1 names; all are required.
+const CONTROLLERS: [(Controller, &str); 5] = [
+    (Controller::Cpu, "cpu"),
+    (Controller::Cpuacct, "cpuacct"),
+    (Controller::Memory, "memory"),
+    (Controller::Io, "blkio"),
+    (Controller::Pids, "pids"),
+];
+
+/// Present only with swap accounting (CONFIG_MEMCG_SWAP and swap accounting enabled).
+const MEMSW_LIMIT: &str = "memory.memsw.limit_in_bytes";
+
+/// Finds each controller's hierarchy and creates the parent of job cgroups in each; co-mounted
+/// controllers share one directory.
+pub(super) fn prepare(
+    parent: &Path,
+    mounts: &[Mount],
+    own: &[ProcCgroup],
+) -> Result<Vec<CgroupDir>, CgroupError> {
+    let mut parents: Vec<CgroupDir> = Vec::new();
+    // Resolve everything before creating anything, so a missing controller leaves nothing behind.
+    for (controller, name) in CONTROLLERS {
+        // The first mount wins when a hierarchy is mounted more than once (bind mounts).
+        let mount = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == name))
+            .ok_or(CgroupError::MissingController(name))?;
+        let own_path = &own
+            .iter()
+            .find(|c| c.has_controller(name))
+            .ok_or_else(|| super::parse_error("/proc/self/cgroup", format!("no {name} hierarchy")))?
+            .path;
+        let dir = mount.dir_of(&resolve_parent(parent, own_path)?)?;
+        match parents.iter_mut().find(|p| p.path == dir) {
+            Some(shared) => shared.controllers.push(controller),
+            None => parents.push(CgroupDir {
+                path: dir,
+                controllers: vec![controller],
+            }),
+        }
+    }
+    for p in &parents {
+        std::fs::create_dir_all(&p.path).map_err(|e| super::io_error("create", &p.path, e))?;
+    }
+    Ok(parents)
+}
+
+/// Writes `limits` into a new job directory.
+pub(super) fn write_limits(
+    dir: &CgroupDir,
+    limits: &Limits,
+    io: Option<DevNum>,
+) -> Result<(), CgroupError> {
+    let has_memsw = dir.path.join(MEMSW_LIMIT).exists();
+    for (file, value) in limit_writes(&dir.controllers, limits, io, has_memsw) {
+        write(&dir.path.join(file), &value)?;
+    }
+    Ok(())
+}
+
+/// The writes, in order, that apply `limits` in a directory carrying `controllers`.
+fn limit_writes(
+    controllers: &[Controller],
+    limits: &Limits,
+    io: Option<DevNum>,
+    has_memsw: bool,
+) -> Vec<(&'static str, String)> {
+    let mut writes = Vec::new();
+    for controller in controllers {
+        match controller {
+            Controller::Cpu => {
+                if let Some(cpus) = limits.cpus {
+                    // The period first: the quota is checked against it.
+                    writes.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string()));
+                    writes.push(("cpu.cfs_quota_us", cpu_quota_us(cpus).to_string()));
+                }
+            }
+            Controller::Cpuacct => {}
+            Controller::Memory => {
+                if let Some(bytes) = limits.memory_bytes {
+                    // memsw (memory + swap) must stay >= the memory limit, so the memory limit
+                    // goes first; equal values leave no room for swap.
+                    writes.push(("memory.limit_in_bytes", bytes.to_string()));
+                    if has_memsw {
+                        writes.push((MEMSW_LIMIT, bytes.to_string()));
+                    } else {
+                        // Without swap accounting the best available is to keep the job's
+                        // anonymous memory out of swap when the cgroup reclaims.
+                        writes.push(("memory.swappiness", "0".to_owned()));
+                    }
+                }
+            }
+            Controller::Io => {
+                if let Some(dev) = io {
+                    let throttles = [
+                        ("blkio.throttle.read_bps_device", limits.io_read_bps),
+                        ("blkio.throttle.write_bps_device", limits.io_write_bps),
+                        ("blkio.throttle.read_iops_device", limits.io_read_iops),
+                        ("blkio.throttle.write_iops_device", limits.io_write_iops),
+                    ];
+                    for (file, value) in throttles {
+                        if let Some(value) = value {
+                            writes.push((file, format!("{dev} {value}")));
+                        }
+                    }
+                }
+            }
+            Controller::Pids => {
+                if let Some(max) = limits.pids {
+                    writes.push(("pids.max", max.to_string()));
+                }
+            }
+        }
+    }
+    writes
+}
+
+/// Usage from the job's directories: `cpuacct.usage` (ns), `memory.max_usage_in_bytes` and the
+/// `oom_kill` line of `memory.oom_control` (Linux 4.13+).
+pub(super) fn usage(dirs: &[CgroupDir]) -> CgroupUsage {
+    let dir_with = |c: Controller| {
+        dirs.iter()
+            .find(|d| d.controllers.contains(&c))
+            .map(|d| &d.path)
+    };
+    let memory = dir_with(Controller::Memory);
+    CgroupUsage {
+        cpu_time: dir_with(Controller::Cpuacct)
+            .and_then(|d| read_u64(&d.join("cpuacct.usage")))
+            .map(Duration::from_nanos)
+            .unwrap_or_default(),
+        peak_memory_bytes: memory.and_then(|d| read_u64(&d.join("memory.max_usage_in_bytes"))),
+        oom_kills: memory
+            .and_then(|d| read_keyed(&d.join("memory.oom_control"), "oom_kill"))
+            .unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every limit, for the planning tests.
+    fn all_limits() -> Limits {
+        Limits {
+            cpus: Some(1.5),
+            memory_bytes: Some(64 << 20),
+            io_read_bps: Some(1000),
+            io_write_bps: Some(2000),
+            io_read_iops: Some(30),
+            io_write_iops: Some(40),
+            pids: Some(42),
+        }
+    }
+
+    const VDA: DevNum = DevNum {
+        major: 254,
+        minor: 0,
+    };
+
+    #[test]
+    fn memory_limit_precedes_memsw_limit() {
+        let writes = limit_writes(&[Controller::Memory], &all_limits(), None, true);
+        assert_eq!(
+            writes,
+            [
+                ("memory.limit_in_bytes", "67108864".to_owned()),
+                ("memory.memsw.limit_in_bytes", "67108864".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn swappiness_is_zeroed_without_swap_accounting() {
+        let writes = limit_writes(&[Controller::Memory], &all_limits(), None, false);
+        assert_eq!(
+            writes,
+            [
+                ("memory.limit_in_bytes", "67108864".to_owned()),
+                ("memory.swappiness", "0".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn co_mounted_cpu_and_cpuacct_get_period_then_quota() {
+        let writes = limit_writes(
+            &[Controller::Cpu, Controller::Cpuacct],
+            &all_limits(),
+            None,
+            true,
+        );
+        assert_eq!(
+            writes,
+            [
+                ("cpu.cfs_period_us", "100000".to_owned()),
+                ("cpu.cfs_quota_us", "150000".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn io_throttles_name_the_device_and_skip_unset_limits() {
+        let limits = Limits {
+            io_write_bps: None,
+            ..all_limits()
+        };
+        let writes = limit_writes(&[Controller::Io], &limits, Some(VDA), true);
+        assert_eq!(
+            writes,
+            [
+                ("blkio.throttle.read_bps_device", "254:0 1000".to_owned()),
+                ("blkio.throttle.read_iops_device", "254:0 30".to_owned()),
+                ("blkio.throttle.write_iops_device", "254:0 40".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_limits_means_no_writes() {
+        let every = [
+            Controller::Cpu,
+            Controller::Cpuacct,
+            Controller::Memory,
+            Controller::Io,
+            Controller::Pids,
+        ];
+        assert!(limit_writes(&every, &Limits::default(), Some(VDA), true).is_empty());
+    }
+}

@@ -1,0 +1,196 @@
+//! What every library test needs: a real worker as root, its own cgroup parent and state dir,
+//! and helpers to run a job to the end and collect its output.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jobworker::{
+    CommandSpec, Config, JobId, JobState, JobStatus, Limits, Stream, StreamFilter, Worker,
+};
+
+/// The test workload program (see tests/bin/testprog.rs).
+pub const TESTPROG: &str = env!("CARGO_BIN_EXE_jobworker-testprog");
+
+/// A worker with its own state directory and cgroup parent, so tests run in parallel safely.
+pub struct TestWorker {
+    pub worker: Worker,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestWorker {
+    type Target = Worker;
+    fn deref(&self) -> &Worker {
+        &self.worker
+    }
+}
+
+pub fn config(state_dir: &Path, parent: &str) -> Config {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the library tests need root: they create namespaces and cgroups (run them with sudo)"
+    );
+    Config {
+        state_dir: state_dir.to_owned(),
+        init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-init")),
+        cgroup_parent: PathBuf::from(parent),
+        stop_grace: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+pub fn unique_parent() -> String {
+    format!("jobworker-test-{}", uuid::Uuid::new_v4())
+}
+
+pub fn worker() -> TestWorker {
+    worker_with(|_| {})
+}
+
+pub fn worker_with(tweak: impl FnOnce(&mut Config)) -> TestWorker {
+    let state_dir = tempfile::tempdir().expect("temp state dir");
+    let mut config = config(state_dir.path(), &unique_parent());
+    tweak(&mut config);
+    let worker = Worker::new(config).expect("worker starts");
+    TestWorker { worker, state_dir }
+}
+
+impl TestWorker {
+    /// Stops everything and checks that the worker left nothing behind: no job cgroup, and
+    /// (after removing them) no parent directories.
+    pub async fn finish(self) {
+        self.worker.shutdown().await;
+        for dir in self.worker.cgroup_parents() {
+            assert!(!dir.exists(), "cgroup parent {} left behind after shutdown", dir.display());
+        }
+    }
+
+    /// Job cgroup directories currently under this worker's parents.
+    pub fn job_cgroups(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for dir in self.worker.cgroup_parents() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                found.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        found
+    }
+
+    /// Output logs currently in the state directory.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state_dir.path())
+            .expect("read state dir")
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    }
+
+    pub async fn start(&self, program: &str, args: &[&str]) -> JobId {
+        self.start_with(CommandSpec::new(program, args.iter().copied()), Limits::default())
+            .await
+    }
+
+    pub async fn start_with(&self, spec: CommandSpec, limits: Limits) -> JobId {
+        let program = spec.program.clone();
+        self.worker
+            .start("tester", spec, limits)
+            .await
+            .unwrap_or_else(|e| panic!("start {program}: {e}"))
+    }
+
+    /// Everything the job writes to the selected streams, until it ends.
+    pub async fn output(&self, id: JobId, filter: StreamFilter) -> Vec<u8> {
+        let mut reader = self.worker.output(id, filter).expect("output reader");
+        let mut all = Vec::new();
+        while let Some(chunk) = reader.next().await.expect("read output") {
+            all.extend_from_slice(&chunk.data);
+        }
+        all
+    }
+
+    /// Output per stream, read through one reader of both streams.
+    pub async fn output_split(&self, id: JobId) -> (Vec<u8>, Vec<u8>) {
+        let mut reader = self.worker.output(id, StreamFilter::Both).expect("output reader");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(chunk) = reader.next().await.expect("read output") {
+            match chunk.stream {
+                Stream::Stdout => out.extend_from_slice(&chunk.data),
+                Stream::Stderr => err.extend_from_slice(&chunk.data),
+            }
+        }
+        (out, err)
+    }
+
+    /// Runs a job to its end; returns its stdout as text and its final status.
+    pub async fn run(&self, program: &str, args: &[&str]) -> (String, JobStatus) {
+        let id = self.start(program, args).await;
+        self.collect(id).await
+    }
+
+    pub async fn run_with(&self, spec: CommandSpec, limits: Limits) -> (String, JobStatus) {
+        let id = self.start_with(spec, limits).await;
+        self.collect(id).await
+    }
+
+    pub async fn collect(&self, id: JobId) -> (String, JobStatus) {
+        let out = self.output(id, StreamFilter::Stdout).await;
+        let status = self.worker.wait(id).await.expect("wait");
+        (String::from_utf8_lossy(&out).into_owned(), status)
+    }
+
+    /// Reads stdout until a line equal to `line` arrives (the job's own "I am ready" signal).
+    pub async fn wait_for_line(&self, id: JobId, line: &str) {
+        let mut reader = self.worker.output(id, StreamFilter::Stdout).expect("output reader");
+        let mut seen = Vec::new();
+        while let Some(chunk) = reader.next().await.expect("read output") {
+            seen.extend_from_slice(&chunk.data);
+            if String::from_utf8_lossy(&seen).lines().any(|l| l == line) {
+                return;
+            }
+        }
+        panic!(
+            "job ended without printing {line:?}; it printed {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+}
+
+pub fn sh(script: &str) -> CommandSpec {
+    CommandSpec::new("/bin/sh", ["-c", script])
+}
+
+pub fn exited(status: &JobStatus) -> i32 {
+    match status.state {
+        JobState::Exited(code) => code,
+        other => panic!("expected the job to exit, it ended as {other:?}"),
+    }
+}
+
+/// Host processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// A directory on a block device that the job user may write to: the VM's scratch disk, or a
+/// fresh directory under the system temp dir.
+pub fn writable_scratch_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("JOBWORKER_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(base).expect("scratch dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod scratch dir");
+    dir
+}

@@ -1,0 +1,105 @@
+//! Output: from the first byte, to any number of readers, binary-safe, with bounded memory.
+
+mod common;
+
+use common::{TESTPROG, sh, worker};
+use jobworker::{JobState, StreamFilter};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_reader_gets_everything_from_byte_zero() {
+    let w = worker();
+    let id = w.start("/bin/sh", &["-c", "seq 1 20000"]).await;
+    let status = w.wait(id).await.expect("wait");
+    assert_eq!(status.state, JobState::Exited(0));
+    // The job has ended before this reader exists.
+    let out = w.output(id, StreamFilter::Both).await;
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_readers_of_a_running_job_get_identical_bytes() {
+    let w = std::sync::Arc::new(worker());
+    // 2000 rounds of all 256 byte values, paced so the job is still writing while readers attach.
+    let reps = 2000;
+    let id = w.start(TESTPROG, &["bytes", &reps.to_string(), "1"]).await;
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let w = w.clone();
+        readers.spawn(async move { w.output(id, StreamFilter::Both).await });
+    }
+    assert_eq!(
+        w.status(id).expect("status").state,
+        JobState::Running,
+        "the job must still be writing while the readers attach"
+    );
+    let expected: Vec<u8> = (0..reps).flat_map(|_| 0..=255u8).collect();
+    let mut count = 0;
+    while let Some(got) = readers.join_next().await {
+        let got = got.expect("reader task");
+        assert_eq!(got.len(), expected.len(), "reader got a different length");
+        assert!(got == expected, "reader got different bytes");
+        count += 1;
+    }
+    assert_eq!(count, 50);
+    let w = std::sync::Arc::into_inner(w).expect("no other owner");
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_select_stdout_stderr_or_both() {
+    let w = worker();
+    let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done";
+    let id = w.start_with(sh(script), Default::default()).await;
+    let stdout = w.output(id, StreamFilter::Stdout).await;
+    let stderr = w.output(id, StreamFilter::Stderr).await;
+    let (both_out, both_err) = w.output_split(id).await;
+    assert_eq!(String::from_utf8_lossy(&stdout), "out1\nout2\nout3\nout4\nout5\n");
+    assert_eq!(String::from_utf8_lossy(&stderr), "err1\nerr2\nerr3\nerr4\nerr5\n");
+    assert_eq!(both_out, stdout, "stdout chunks of a both-streams reader");
+    assert_eq!(both_err, stderr, "stderr chunks of a both-streams reader");
+    w.finish().await;
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_of_output_keeps_memory_bounded() {
+    let w = worker();
+    let before = rss_bytes();
+    let id = w.start("/bin/sh", &["-c", "head -c 1073741824 /dev/zero"]).await;
+    // Follow it live, counting bytes without keeping them.
+    let mut reader = w.worker.output(id, StreamFilter::Both).expect("reader");
+    let mut total = 0u64;
+    let mut peak = before;
+    while let Some(chunk) = reader.next().await.expect("read") {
+        total += chunk.data.len() as u64;
+        if total % (64 << 20) < chunk.data.len() as u64 {
+            peak = peak.max(rss_bytes());
+        }
+    }
+    drop(reader);
+    let status = w.wait(id).await.expect("wait");
+    assert_eq!(status.state, JobState::Exited(0));
+    assert_eq!(total, 1 << 30, "every byte arrives");
+    let after = rss_bytes();
+    peak = peak.max(after);
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 32 << 20,
+        "RSS grew by {} MiB while 1 GiB of output went through (before {} MiB, peak {} MiB)",
+        grown >> 20,
+        before >> 20,
+        peak >> 20
+    );
+    w.finish().await;
+}
