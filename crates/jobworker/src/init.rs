@@ -91,7 +91,9 @@ fn report(tag: u8, stage: u8, value: i32) {
 }
 
 fn last_errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Turns a libc return value into a step result.
@@ -365,7 +367,13 @@ fn exec_command(plan: &Plan, candidates: &[CString], env: &[CString]) -> StepErr
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         match last_errno() {
             // Keep looking, like execvp, but remember that something was there.
-            libc::EACCES => errno = if is_dir(path) { libc::EISDIR } else { libc::EACCES },
+            libc::EACCES => {
+                errno = if is_dir(path) {
+                    libc::EISDIR
+                } else {
+                    libc::EACCES
+                }
+            }
             libc::ENOENT | libc::ENOTDIR => {}
             other => return (Stage::ExecCommand, other),
         }

@@ -396,15 +396,17 @@ fn start_error(spec: &CommandSpec, stage: u8, errno: i32) -> Error {
 
 /// Copies the job's output into the log until both pipes close, and collects the outcome the
 /// init reports. Returns that outcome, or `None` if the init died without reporting.
-fn pump(job: &Job, mut writer: LogWriter, stdout: File, stderr: File, status: File) -> Option<JobState> {
+fn pump(
+    job: &Job,
+    mut writer: LogWriter,
+    stdout: File,
+    stderr: File,
+    status: File,
+) -> Option<JobState> {
     let mut outcome = None;
     let mut buf = LogWriter::frame_buffer();
     let mut write_failed = false;
-    let mut fds = [
-        poll_fd(&stdout),
-        poll_fd(&stderr),
-        poll_fd(&status),
-    ];
+    let mut fds = [poll_fd(&stdout), poll_fd(&stderr), poll_fd(&status)];
     let mut files = [Some(stdout), Some(stderr), Some(status)];
     while files.iter().any(Option::is_some) {
         // SAFETY: polling descriptors we own; closed ones are set to -1 and ignored.
@@ -421,11 +423,17 @@ fn pump(job: &Job, mut writer: LogWriter, stdout: File, stderr: File, status: Fi
             if fds[i].revents == 0 {
                 continue;
             }
-            let Some(file) = files[i].as_mut() else { continue };
+            let Some(file) = files[i].as_mut() else {
+                continue;
+            };
             let open = if i == 2 {
                 read_outcome(file, &mut outcome)
             } else {
-                let stream = if i == 0 { Stream::Stdout } else { Stream::Stderr };
+                let stream = if i == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
                 copy_chunk(job, file, stream, &mut writer, &mut buf, &mut write_failed)
             };
             if !open {

@@ -91,5 +91,9 @@ pub(crate) fn record(tag: u8, stage: u8, value: i32) -> [u8; RECORD_LEN] {
 
 /// Decodes one record into (tag, stage byte, value).
 pub(crate) fn parse(rec: &[u8; RECORD_LEN]) -> (u8, u8, i32) {
-    (rec[0], rec[1], i32::from_le_bytes([rec[2], rec[3], rec[4], rec[5]]))
+    (
+        rec[0],
+        rec[1],
+        i32::from_le_bytes([rec[2], rec[3], rec[4], rec[5]]),
+    )
 }

@@ -26,7 +26,10 @@ pub struct CommandSpec {
 
 impl CommandSpec {
     /// A spec for `program` with `args`, no environment and the default working directory.
-    pub fn new(program: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        program: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         CommandSpec {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
@@ -60,17 +63,24 @@ impl CommandSpec {
             total += s.len() + 1;
         }
         if total > MAX_TOTAL_BYTES {
-            return bad(format!("command, arguments and environment exceed {MAX_TOTAL_BYTES} bytes"));
+            return bad(format!(
+                "command, arguments and environment exceed {MAX_TOTAL_BYTES} bytes"
+            ));
         }
         for (key, _) in &self.env {
             if key.is_empty() || key.contains('=') {
-                return bad(format!("environment variable name {key:?} is empty or contains '='"));
+                return bad(format!(
+                    "environment variable name {key:?} is empty or contains '='"
+                ));
             }
         }
         if let Some(dir) = &self.working_dir {
             let bytes = dir.as_os_str().as_encoded_bytes();
             if !dir.is_absolute() {
-                return bad(format!("working directory {} is not an absolute path", dir.display()));
+                return bad(format!(
+                    "working directory {} is not an absolute path",
+                    dir.display()
+                ));
             }
             if bytes.len() > MAX_PATH_BYTES || bytes.contains(&0) {
                 return bad("working directory is too long or contains a NUL byte".into());
@@ -136,16 +146,18 @@ impl Limits {
         if let Some(cpus) = self.cpus {
             let max = 1024.0;
             if !cpus.is_finite() || !(MIN_CPUS..=max).contains(&cpus) {
-                return bad(format!("cpus must be between {MIN_CPUS} and {max}, got {cpus}"));
-            }
-        }
-        if let Some(memory) = self.memory_bytes {
-            if !(MIN_MEMORY_BYTES..=MAX_REASONABLE).contains(&memory) {
                 return bad(format!(
-                    "memory must be at least {} MiB, got {memory} bytes",
-                    MIN_MEMORY_BYTES >> 20
+                    "cpus must be between {MIN_CPUS} and {max}, got {cpus}"
                 ));
             }
+        }
+        if let Some(memory) = self.memory_bytes
+            && !(MIN_MEMORY_BYTES..=MAX_REASONABLE).contains(&memory)
+        {
+            return bad(format!(
+                "memory must be at least {} MiB, got {memory} bytes",
+                MIN_MEMORY_BYTES >> 20
+            ));
         }
         let io = [
             ("io read bps", self.io_read_bps),
@@ -154,16 +166,16 @@ impl Limits {
             ("io write iops", self.io_write_iops),
         ];
         for (name, value) in io {
-            if let Some(v) = value {
-                if v == 0 || v > MAX_REASONABLE {
-                    return bad(format!("{name} must be a positive number, got {v}"));
-                }
+            if let Some(v) = value
+                && (v == 0 || v > MAX_REASONABLE)
+            {
+                return bad(format!("{name} must be a positive number, got {v}"));
             }
         }
-        if let Some(pids) = self.pids {
-            if !(MIN_PIDS..=MAX_REASONABLE).contains(&pids) {
-                return bad(format!("pids must be at least {MIN_PIDS}, got {pids}"));
-            }
+        if let Some(pids) = self.pids
+            && !(MIN_PIDS..=MAX_REASONABLE).contains(&pids)
+        {
+            return bad(format!("pids must be at least {MIN_PIDS}, got {pids}"));
         }
         Ok(())
     }

@@ -78,7 +78,12 @@ impl Worker {
     pub fn new(config: Config) -> Result<Worker, Error> {
         ensure_stdio_open()?;
         let user = nix::unistd::User::from_name(&config.job_user)
-            .map_err(|e| Error::io(format!("cannot look up user {:?}", config.job_user), e.into()))?
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot look up user {:?}", config.job_user),
+                    e.into(),
+                )
+            })?
             .ok_or_else(|| Error::NoSuchUser(config.job_user.clone()))?;
         config.default_limits.validate()?;
         let init_program = CString::new(config.init_program.as_os_str().as_bytes())
@@ -89,7 +94,10 @@ impl Worker {
             .create(&config.state_dir)
             .map_err(|e| {
                 Error::io(
-                    format!("cannot create state directory {}", config.state_dir.display()),
+                    format!(
+                        "cannot create state directory {}",
+                        config.state_dir.display()
+                    ),
                     e,
                 )
             })?;
@@ -134,14 +142,21 @@ impl Worker {
     fn jobs(&self) -> MutexGuard<'_, HashMap<JobId, Arc<Job>>> {
         // A panic while holding this lock cannot leave the map half-updated (single inserts and
         // lookups only), so a poisoned lock is still safe to use.
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts `spec` for `owner` with `limits` (unset fields take the worker's defaults).
     ///
     /// Returns once the command has been exec'd in its isolation and cgroup. If it cannot be,
     /// the error names the cause and no job, process, cgroup or log is left behind.
-    pub async fn start(&self, owner: &str, spec: CommandSpec, limits: Limits) -> Result<JobId, Error> {
+    pub async fn start(
+        &self,
+        owner: &str,
+        spec: CommandSpec,
+        limits: Limits,
+    ) -> Result<JobId, Error> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
@@ -151,9 +166,15 @@ impl Worker {
         if self.jobs().len() >= self.config.max_jobs {
             return Err(Error::TooManyJobs(self.config.max_jobs));
         }
-        let working_dir = spec.working_dir.clone().unwrap_or_else(|| PathBuf::from("/"));
+        let working_dir = spec
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/"));
         let io_device = if limits.has_io() {
-            Some(cgroup::block_device_of(&working_dir).map_err(|e| Error::InvalidLimit(e.to_string()))?)
+            Some(
+                cgroup::block_device_of(&working_dir)
+                    .map_err(|e| Error::InvalidLimit(e.to_string()))?,
+            )
         } else {
             None
         };
@@ -168,9 +189,12 @@ impl Worker {
             log_path: self.config.state_dir.join(format!("{id}.log")),
             cgroups: self.cgroups.clone(),
         };
-        let job = job::launch(launch)?
-            .await
-            .map_err(|_| Error::io("the job's supervisor thread ended unexpectedly", std::io::ErrorKind::Other.into()))??;
+        let job = job::launch(launch)?.await.map_err(|_| {
+            Error::io(
+                "the job's supervisor thread ended unexpectedly",
+                std::io::ErrorKind::Other.into(),
+            )
+        })??;
         self.jobs().insert(id, job.clone());
         // Either `shutdown` saw this job in the table, or we see its flag here: no job outlives it.
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -180,7 +204,12 @@ impl Worker {
         Ok(id)
     }
 
-    fn init_command(&self, id: JobId, spec: &CommandSpec, working_dir: &Path) -> Result<InitCommand, Error> {
+    fn init_command(
+        &self,
+        id: JobId,
+        spec: &CommandSpec,
+        working_dir: &Path,
+    ) -> Result<InitCommand, Error> {
         let c = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| Error::InvalidCommand("NUL byte in the command".into()))
         };
@@ -255,7 +284,12 @@ impl Worker {
     /// Refuses new jobs, then stops every running job (grace, then kill) and waits for them.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let running: Vec<Arc<Job>> = self.jobs().values().filter(|j| j.is_running()).cloned().collect();
+        let running: Vec<Arc<Job>> = self
+            .jobs()
+            .values()
+            .filter(|j| j.is_running())
+            .cloned()
+            .collect();
         let grace = self.config.stop_grace;
         let mut stops = tokio::task::JoinSet::new();
         for job in running {
@@ -290,7 +324,8 @@ fn ensure_stdio_open() -> Result<(), Error> {
     for fd in 0..3 {
         // SAFETY: F_GETFD only queries the descriptor.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            let null = std::fs::File::open("/dev/null").map_err(|e| Error::io("cannot open /dev/null", e))?;
+            let null = std::fs::File::open("/dev/null")
+                .map_err(|e| Error::io("cannot open /dev/null", e))?;
             // SAFETY: duplicating a descriptor we own onto a free slot.
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
         }
@@ -304,10 +339,10 @@ fn remove_stale_logs(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("cannot read state directory {}", dir.display()), e))?;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_some_and(|ext| ext == "log") {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), "cannot remove stale log: {e}");
-            }
+        if path.extension().is_some_and(|ext| ext == "log")
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            tracing::warn!(path = %path.display(), "cannot remove stale log: {e}");
         }
     }
     Ok(())

@@ -35,16 +35,33 @@ async fn stop_leaves_no_process_of_the_job_behind() {
     let w = worker();
     let marker = "1000.123456";
     let id = w
-        .start_with(sh(&format!("sleep {marker} & sleep {marker} & echo ready; sleep {marker}")), Limits::default())
+        .start_with(
+            sh(&format!(
+                "sleep {marker} & sleep {marker} & echo ready; sleep {marker}"
+            )),
+            Limits::default(),
+        )
         .await;
     w.wait_for_line(id, "ready").await;
     // The three sleeps, the shell and the init (whose arguments hold the script).
-    assert_eq!(processes_with(marker).len(), 5, "the job's processes before the stop");
+    assert_eq!(
+        processes_with(marker).len(),
+        5,
+        "the job's processes before the stop"
+    );
     let status = w.stop(id).await.expect("stop");
     assert!(status.stop_requested);
     assert_ne!(status.state, JobState::Running);
-    assert_eq!(processes_with(marker), Vec::<u32>::new(), "processes left after stop");
-    assert!(w.job_cgroups().is_empty(), "cgroups left after stop: {:?}", w.job_cgroups());
+    assert_eq!(
+        processes_with(marker),
+        Vec::<u32>::new(),
+        "processes left after stop"
+    );
+    assert!(
+        w.job_cgroups().is_empty(),
+        "cgroups left after stop: {:?}",
+        w.job_cgroups()
+    );
     w.finish().await;
 }
 
@@ -55,7 +72,11 @@ async fn sleep_ends_by_sigterm_within_the_grace_period() {
     let started = Instant::now();
     let status = w.stop(id).await.expect("stop");
     assert_eq!(status.state, JobState::Signaled(libc::SIGTERM));
-    assert!(started.elapsed() < Duration::from_secs(20), "stop took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stop took {:?}",
+        started.elapsed()
+    );
     w.finish().await;
 }
 
@@ -71,7 +92,10 @@ async fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
     // SIGKILL reaches the init, and the kernel kills the rest of its namespace.
     assert_eq!(status.state, JobState::Signaled(libc::SIGKILL));
     assert!(status.stop_requested);
-    assert!(took >= grace, "SIGKILL came before the grace period ended: {took:?}");
+    assert!(
+        took >= grace,
+        "SIGKILL came before the grace period ended: {took:?}"
+    );
     w.finish().await;
 }
 
@@ -92,14 +116,25 @@ async fn start_then_stop_a_hundred_times_leaves_nothing() {
     for i in 0..100 {
         let id = w
             .worker
-            .start("tester", CommandSpec::new("/bin/sleep", [marker]), Limits::default())
+            .start(
+                "tester",
+                CommandSpec::new("/bin/sleep", [marker]),
+                Limits::default(),
+            )
             .await
             .unwrap_or_else(|e| panic!("start #{i}: {e}"));
-        let status = w.stop(id).await.unwrap_or_else(|e| panic!("stop #{i}: {e}"));
+        let status = w
+            .stop(id)
+            .await
+            .unwrap_or_else(|e| panic!("stop #{i}: {e}"));
         assert_ne!(status.state, JobState::Running, "#{i}");
     }
     assert_eq!(processes_with(marker), Vec::<u32>::new());
-    assert!(w.job_cgroups().is_empty(), "cgroups left: {:?}", w.job_cgroups());
+    assert!(
+        w.job_cgroups().is_empty(),
+        "cgroups left: {:?}",
+        w.job_cgroups()
+    );
     assert_eq!(w.list(None).len(), 100);
     w.finish().await;
 }
@@ -107,8 +142,24 @@ async fn start_then_stop_a_hundred_times_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_returns_all_jobs_or_one_owners() {
     let w = worker();
-    let a = w.worker.start("alice", CommandSpec::new("/bin/true", [""; 0]), Limits::default()).await.expect("start");
-    let b = w.worker.start("bob", CommandSpec::new("/bin/true", [""; 0]), Limits::default()).await.expect("start");
+    let a = w
+        .worker
+        .start(
+            "alice",
+            CommandSpec::new("/bin/true", [""; 0]),
+            Limits::default(),
+        )
+        .await
+        .expect("start");
+    let b = w
+        .worker
+        .start(
+            "bob",
+            CommandSpec::new("/bin/true", [""; 0]),
+            Limits::default(),
+        )
+        .await
+        .expect("start");
     let all: Vec<_> = w.list(None).into_iter().map(|s| s.id).collect();
     assert_eq!(all.len(), 2);
     assert!(all.contains(&a) && all.contains(&b));
@@ -119,14 +170,34 @@ async fn list_returns_all_jobs_or_one_owners() {
 }
 
 /// Asserts the start failed as expected and left no job, log or cgroup.
-async fn assert_start_fails(w: &common::TestWorker, spec: CommandSpec, limits: Limits, expect: &str) {
+async fn assert_start_fails(
+    w: &common::TestWorker,
+    spec: CommandSpec,
+    limits: Limits,
+    expect: &str,
+) {
     let program = spec.program.clone();
-    let err = w.worker.start("tester", spec, limits).await.expect_err("start must fail");
+    let err = w
+        .worker
+        .start("tester", spec, limits)
+        .await
+        .expect_err("start must fail");
     let text = err.to_string();
-    assert!(text.contains(expect), "start of {program:?}: expected an error containing {expect:?}, got {text:?}");
+    assert!(
+        text.contains(expect),
+        "start of {program:?}: expected an error containing {expect:?}, got {text:?}"
+    );
     assert!(w.list(None).is_empty(), "a failed start left a job");
-    assert!(w.logs().is_empty(), "a failed start left a log: {:?}", w.logs());
-    assert!(w.job_cgroups().is_empty(), "a failed start left a cgroup: {:?}", w.job_cgroups());
+    assert!(
+        w.logs().is_empty(),
+        "a failed start left a log: {:?}",
+        w.logs()
+    );
+    assert!(
+        w.job_cgroups().is_empty(),
+        "a failed start left a cgroup: {:?}",
+        w.job_cgroups()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,12 +205,24 @@ async fn exec_failures_name_the_cause_and_leave_nothing() {
     let w = worker();
     let none = Limits::default();
     let cases: [(CommandSpec, &str); 6] = [
-        (CommandSpec::new("/nonexistent/prog", [""; 0]), "\"/nonexistent/prog\": no such file"),
-        (CommandSpec::new("no-such-command-xyz", [""; 0]), "executable not found in PATH"),
-        (CommandSpec::new("/etc/passwd", [""; 0]), "permission denied"),
+        (
+            CommandSpec::new("/nonexistent/prog", [""; 0]),
+            "\"/nonexistent/prog\": no such file",
+        ),
+        (
+            CommandSpec::new("no-such-command-xyz", [""; 0]),
+            "executable not found in PATH",
+        ),
+        (
+            CommandSpec::new("/etc/passwd", [""; 0]),
+            "permission denied",
+        ),
         (CommandSpec::new("/tmp", [""; 0]), "is a directory"),
         (
-            CommandSpec { working_dir: Some("/nonexistent-dir".into()), ..CommandSpec::new("/bin/true", [""; 0]) },
+            CommandSpec {
+                working_dir: Some("/nonexistent-dir".into()),
+                ..CommandSpec::new("/bin/true", [""; 0])
+            },
             "working directory /nonexistent-dir: No such file or directory",
         ),
         (CommandSpec::new("", [""; 0]), "the command is empty"),
@@ -147,9 +230,17 @@ async fn exec_failures_name_the_cause_and_leave_nothing() {
     for (spec, expect) in cases {
         assert_start_fails(&w, spec, none, expect).await;
     }
-    let err = w.worker.start("t", CommandSpec::new("", [""; 0]), none).await.expect_err("empty");
+    let err = w
+        .worker
+        .start("t", CommandSpec::new("", [""; 0]), none)
+        .await
+        .expect_err("empty");
     assert!(matches!(err, Error::InvalidCommand(_)));
-    let err = w.worker.start("t", CommandSpec::new("/etc/passwd", [""; 0]), none).await.expect_err("not exec");
+    let err = w
+        .worker
+        .start("t", CommandSpec::new("/etc/passwd", [""; 0]), none)
+        .await
+        .expect_err("not exec");
     assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
     w.finish().await;
 }
@@ -159,21 +250,94 @@ async fn invalid_limits_are_rejected_and_leave_nothing() {
     let w = worker();
     let spec = || CommandSpec::new("/bin/true", [""; 0]);
     let cases = [
-        (Limits { cpus: Some(0.0), ..Limits::default() }, "cpus"),
-        (Limits { cpus: Some(-1.0), ..Limits::default() }, "cpus"),
-        (Limits { cpus: Some(f64::NAN), ..Limits::default() }, "cpus"),
-        (Limits { cpus: Some(1e9), ..Limits::default() }, "cpus"),
-        (Limits { memory_bytes: Some(0), ..Limits::default() }, "memory"),
-        (Limits { memory_bytes: Some(1024), ..Limits::default() }, "memory"),
-        (Limits { pids: Some(0), ..Limits::default() }, "pids"),
-        (Limits { pids: Some(1), ..Limits::default() }, "pids"),
-        (Limits { io_write_bps: Some(0), ..Limits::default() }, "io write bps"),
-        (Limits { io_read_iops: Some(0), ..Limits::default() }, "io read iops"),
-        (Limits { memory_bytes: Some(u64::MAX), ..Limits::default() }, "memory"),
+        (
+            Limits {
+                cpus: Some(0.0),
+                ..Limits::default()
+            },
+            "cpus",
+        ),
+        (
+            Limits {
+                cpus: Some(-1.0),
+                ..Limits::default()
+            },
+            "cpus",
+        ),
+        (
+            Limits {
+                cpus: Some(f64::NAN),
+                ..Limits::default()
+            },
+            "cpus",
+        ),
+        (
+            Limits {
+                cpus: Some(1e9),
+                ..Limits::default()
+            },
+            "cpus",
+        ),
+        (
+            Limits {
+                memory_bytes: Some(0),
+                ..Limits::default()
+            },
+            "memory",
+        ),
+        (
+            Limits {
+                memory_bytes: Some(1024),
+                ..Limits::default()
+            },
+            "memory",
+        ),
+        (
+            Limits {
+                pids: Some(0),
+                ..Limits::default()
+            },
+            "pids",
+        ),
+        (
+            Limits {
+                pids: Some(1),
+                ..Limits::default()
+            },
+            "pids",
+        ),
+        (
+            Limits {
+                io_write_bps: Some(0),
+                ..Limits::default()
+            },
+            "io write bps",
+        ),
+        (
+            Limits {
+                io_read_iops: Some(0),
+                ..Limits::default()
+            },
+            "io read iops",
+        ),
+        (
+            Limits {
+                memory_bytes: Some(u64::MAX),
+                ..Limits::default()
+            },
+            "memory",
+        ),
     ];
     for (limits, expect) in cases {
-        let err = w.worker.start("t", spec(), limits).await.expect_err("invalid limit");
-        assert!(matches!(err, Error::InvalidLimit(_)), "{limits:?} gave {err:?}");
+        let err = w
+            .worker
+            .start("t", spec(), limits)
+            .await
+            .expect_err("invalid limit");
+        assert!(
+            matches!(err, Error::InvalidLimit(_)),
+            "{limits:?} gave {err:?}"
+        );
         assert_start_fails(&w, spec(), limits, expect).await;
     }
     w.finish().await;
@@ -182,9 +346,19 @@ async fn invalid_limits_are_rejected_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn io_limits_on_a_directory_without_a_block_device_are_rejected() {
     let w = worker();
-    let spec = CommandSpec { working_dir: Some("/proc".into()), ..CommandSpec::new("/bin/true", [""; 0]) };
-    let limits = Limits { io_write_bps: Some(1 << 20), ..Limits::default() };
-    let err = w.worker.start("t", spec, limits).await.expect_err("no block device");
+    let spec = CommandSpec {
+        working_dir: Some("/proc".into()),
+        ..CommandSpec::new("/bin/true", [""; 0])
+    };
+    let limits = Limits {
+        io_write_bps: Some(1 << 20),
+        ..Limits::default()
+    };
+    let err = w
+        .worker
+        .start("t", spec, limits)
+        .await
+        .expect_err("no block device");
     assert!(matches!(err, Error::InvalidLimit(_)), "{err:?}");
     w.finish().await;
 }
@@ -196,14 +370,27 @@ fn start_up_kills_and_removes_job_cgroups_left_by_a_crashed_run() {
     let parent = common::unique_parent();
     let first = Worker::new(common::config(state.path(), &parent)).expect("first worker");
     // A "crashed" run's job: a cgroup under the parent with a live process in it.
-    let mut victim = std::process::Command::new("/bin/sleep").arg("1000.777").spawn().expect("spawn sleep");
-    let stale_dirs: Vec<_> = first.cgroup_parents().iter().map(|p| p.join("stale-job")).collect();
+    let mut victim = std::process::Command::new("/bin/sleep")
+        .arg("1000.777")
+        .spawn()
+        .expect("spawn sleep");
+    let stale_dirs: Vec<_> = first
+        .cgroup_parents()
+        .iter()
+        .map(|p| p.join("stale-job"))
+        .collect();
     for dir in &stale_dirs {
         std::fs::create_dir(dir).expect("mkdir stale cgroup");
         std::fs::write(dir.join("cgroup.procs"), victim.id().to_string()).expect("move victim");
     }
     // Also an orphan log from that run.
-    std::fs::write(state.path().join("00000000-0000-0000-0000-000000000000.log"), b"old").expect("write log");
+    std::fs::write(
+        state
+            .path()
+            .join("00000000-0000-0000-0000-000000000000.log"),
+        b"old",
+    )
+    .expect("write log");
     drop(first);
 
     let second = Worker::new(common::config(state.path(), &parent)).expect("second worker");
@@ -216,6 +403,10 @@ fn start_up_kills_and_removes_job_cgroups_left_by_a_crashed_run() {
         Some(libc::SIGKILL),
         "the stale job's process must be killed"
     );
-    assert_eq!(std::fs::read_dir(state.path()).expect("read").count(), 0, "orphan log removed");
+    assert_eq!(
+        std::fs::read_dir(state.path()).expect("read").count(),
+        0,
+        "orphan log removed"
+    );
     rt.block_on(second.shutdown());
 }

@@ -33,14 +33,31 @@ fn the_detected_cgroup_backend_is_the_expected_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_oom_killed_and_reported_so() {
     let w = worker();
-    let limits = Limits { memory_bytes: Some(32 << 20), ..Limits::default() };
-    let (_, status) = w.run_with(CommandSpec::new(TESTPROG, ["hog", "128"]), limits).await;
+    let limits = Limits {
+        memory_bytes: Some(32 << 20),
+        ..Limits::default()
+    };
+    let (_, status) = w
+        .run_with(CommandSpec::new(TESTPROG, ["hog", "128"]), limits)
+        .await;
     assert_eq!(status.state, JobState::OomKilled, "status: {status:?}");
-    let peak = status.usage.and_then(|u| u.peak_memory_bytes).expect("peak memory reported");
-    eprintln!("measured: 128 MiB hog under 32 MiB limit -> {:?}, peak {} KiB", status.state, peak >> 10);
-    assert!(peak <= 33 << 20, "peak memory {peak} above the 32 MiB limit");
+    let peak = status
+        .usage
+        .and_then(|u| u.peak_memory_bytes)
+        .expect("peak memory reported");
+    eprintln!(
+        "measured: 128 MiB hog under 32 MiB limit -> {:?}, peak {} KiB",
+        status.state,
+        peak >> 10
+    );
+    assert!(
+        peak <= 33 << 20,
+        "peak memory {peak} above the 32 MiB limit"
+    );
     // Within the limit, the same program is fine.
-    let (out, status) = w.run_with(CommandSpec::new(TESTPROG, ["hog", "8"]), limits).await;
+    let (out, status) = w
+        .run_with(CommandSpec::new(TESTPROG, ["hog", "8"]), limits)
+        .await;
     assert_eq!(exited(&status), 0, "8 MiB under a 32 MiB limit: {out}");
     w.finish().await;
 }
@@ -48,9 +65,14 @@ async fn a_memory_hog_is_oom_killed_and_reported_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_cpu_limits_a_busy_loop_to_half_a_cpu() {
     let w = worker();
-    let limits = Limits { cpus: Some(0.5), ..Limits::default() };
+    let limits = Limits {
+        cpus: Some(0.5),
+        ..Limits::default()
+    };
     let started = Instant::now();
-    let (_, status) = w.run_with(CommandSpec::new(TESTPROG, ["spin", "4"]), limits).await;
+    let (_, status) = w
+        .run_with(CommandSpec::new(TESTPROG, ["spin", "4"]), limits)
+        .await;
     let wall = started.elapsed().as_secs_f64();
     assert_eq!(exited(&status), 0);
     let cpu = status.usage.expect("usage").cpu_time.as_secs_f64();
@@ -76,9 +98,15 @@ async fn measured_write_rate(mode: &str, limit: u64, mib: u64) -> f64 {
     let file = dir.path().join("data");
     let spec = CommandSpec {
         working_dir: Some(dir.path().to_owned()),
-        ..CommandSpec::new(TESTPROG, [mode, file.to_str().expect("utf-8"), &mib.to_string()])
+        ..CommandSpec::new(
+            TESTPROG,
+            [mode, file.to_str().expect("utf-8"), &mib.to_string()],
+        )
     };
-    let limits = Limits { io_write_bps: Some(limit), ..Limits::default() };
+    let limits = Limits {
+        io_write_bps: Some(limit),
+        ..Limits::default()
+    };
     let (out, status) = w.run_with(spec, limits).await;
     assert_eq!(exited(&status), 0, "writer failed: {out}");
     w.finish().await;
@@ -90,7 +118,10 @@ async fn direct_writes_are_throttled_to_the_write_bps_limit() {
     let limit = 8u64 << 20;
     let rate = measured_write_rate("write-direct", limit, 32).await;
     let ratio = rate / limit as f64;
-    eprintln!("measured: O_DIRECT write at 8 MiB/s limit -> {:.2} MiB/s (ratio {ratio:.3})", rate / (1 << 20) as f64);
+    eprintln!(
+        "measured: O_DIRECT write at 8 MiB/s limit -> {:.2} MiB/s (ratio {ratio:.3})",
+        rate / (1 << 20) as f64
+    );
     assert!(
         (0.75..=1.25).contains(&ratio),
         "O_DIRECT writes ran at {:.2} MiB/s under an 8 MiB/s limit (ratio {ratio:.2})",
@@ -105,7 +136,10 @@ async fn buffered_writes_with_fsync_are_throttled_to_the_write_bps_limit() {
     let limit = 8u64 << 20;
     let rate = measured_write_rate("write-fsync", limit, 32).await;
     let ratio = rate / limit as f64;
-    eprintln!("measured: buffered+fsync write at 8 MiB/s limit -> {:.2} MiB/s (ratio {ratio:.3})", rate / (1 << 20) as f64);
+    eprintln!(
+        "measured: buffered+fsync write at 8 MiB/s limit -> {:.2} MiB/s (ratio {ratio:.3})",
+        rate / (1 << 20) as f64
+    );
     assert!(
         (0.75..=1.25).contains(&ratio),
         "buffered+fsync writes ran at {:.2} MiB/s under an 8 MiB/s limit (ratio {ratio:.2})",
@@ -116,15 +150,27 @@ async fn buffered_writes_with_fsync_are_throttled_to_the_write_bps_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_loop_stops_at_the_pids_limit() {
     let w = worker();
-    let limits = Limits { pids: Some(20), ..Limits::default() };
-    let (out, status) = w.run_with(CommandSpec::new(TESTPROG, ["fork", "200"]), limits).await;
+    let limits = Limits {
+        pids: Some(20),
+        ..Limits::default()
+    };
+    let (out, status) = w
+        .run_with(CommandSpec::new(TESTPROG, ["fork", "200"]), limits)
+        .await;
     assert_eq!(exited(&status), 0, "output: {out}");
     let fields: Vec<&str> = out.split_whitespace().collect();
     let forked: u32 = fields[1].parse().expect("count");
     let errno: i32 = fields[3].parse().expect("errno");
     eprintln!("measured: fork loop under pids 20 -> {forked} children, then errno {errno}");
     // 20 pids: the init, the fork loop itself, and at most 18 children.
-    assert!(forked <= 18, "forked {forked} children under a pids limit of 20");
-    assert_eq!(errno, libc::EAGAIN, "fork must fail with EAGAIN at the limit: {out}");
+    assert!(
+        forked <= 18,
+        "forked {forked} children under a pids limit of 20"
+    );
+    assert_eq!(
+        errno,
+        libc::EAGAIN,
+        "fork must fail with EAGAIN at the limit: {out}"
+    );
     w.finish().await;
 }

@@ -55,8 +55,14 @@ async fn readers_select_stdout_stderr_or_both() {
     let stdout = w.output(id, StreamFilter::Stdout).await;
     let stderr = w.output(id, StreamFilter::Stderr).await;
     let (both_out, both_err) = w.output_split(id).await;
-    assert_eq!(String::from_utf8_lossy(&stdout), "out1\nout2\nout3\nout4\nout5\n");
-    assert_eq!(String::from_utf8_lossy(&stderr), "err1\nerr2\nerr3\nerr4\nerr5\n");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        "out1\nout2\nout3\nout4\nout5\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&stderr),
+        "err1\nerr2\nerr3\nerr4\nerr5\n"
+    );
     assert_eq!(both_out, stdout, "stdout chunks of a both-streams reader");
     assert_eq!(both_err, stderr, "stderr chunks of a both-streams reader");
     w.finish().await;
@@ -76,7 +82,9 @@ fn rss_bytes() -> u64 {
 async fn one_gib_of_output_keeps_memory_bounded() {
     let w = worker();
     let before = rss_bytes();
-    let id = w.start("/bin/sh", &["-c", "head -c 1073741824 /dev/zero"]).await;
+    let id = w
+        .start("/bin/sh", &["-c", "head -c 1073741824 /dev/zero"])
+        .await;
     // Follow it live, counting bytes without keeping them.
     let mut reader = w.worker.output(id, StreamFilter::Both).expect("reader");
     let mut total = 0u64;

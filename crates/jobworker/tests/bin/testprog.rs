@@ -37,7 +37,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: jobworker-testprog hog|spin|write-direct|write-fsync|fork|bytes|ignore-term|pause ...");
+    eprintln!(
+        "usage: jobworker-testprog hog|spin|write-direct|write-fsync|fork|bytes|ignore-term|pause ..."
+    );
     std::process::exit(2)
 }
 
@@ -71,7 +73,11 @@ fn spin(wall: Duration) {
 
 fn write(path: &str, mib: u64, direct: bool) {
     use std::os::unix::fs::OpenOptionsExt;
-    let flags = if direct { libc::O_DIRECT | libc::O_SYNC } else { 0 };
+    let flags = if direct {
+        libc::O_DIRECT | libc::O_SYNC
+    } else {
+        0
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -91,10 +97,12 @@ fn write(path: &str, mib: u64, direct: bool) {
     };
     let start = Instant::now();
     for _ in 0..mib {
-        file.write_all(buf).unwrap_or_else(|e| fail(&format!("write: {e}")));
+        file.write_all(buf)
+            .unwrap_or_else(|e| fail(&format!("write: {e}")));
     }
     if !direct {
-        file.sync_all().unwrap_or_else(|e| fail(&format!("fsync: {e}")));
+        file.sync_all()
+            .unwrap_or_else(|e| fail(&format!("fsync: {e}")));
     }
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(path);
@@ -125,7 +133,8 @@ fn bytes(reps: u64, pause: Duration) {
     let all: Vec<u8> = (0..=255u8).collect();
     let mut out = std::io::stdout().lock();
     for _ in 0..reps {
-        out.write_all(&all).unwrap_or_else(|e| fail(&format!("write: {e}")));
+        out.write_all(&all)
+            .unwrap_or_else(|e| fail(&format!("write: {e}")));
         if !pause.is_zero() {
             out.flush().unwrap_or_else(|e| fail(&format!("write: {e}")));
             std::thread::sleep(pause);

@@ -61,7 +61,11 @@ impl TestWorker {
     pub async fn finish(self) {
         self.worker.shutdown().await;
         for dir in self.worker.cgroup_parents() {
-            assert!(!dir.exists(), "cgroup parent {} left behind after shutdown", dir.display());
+            assert!(
+                !dir.exists(),
+                "cgroup parent {} left behind after shutdown",
+                dir.display()
+            );
         }
     }
 
@@ -86,8 +90,11 @@ impl TestWorker {
     }
 
     pub async fn start(&self, program: &str, args: &[&str]) -> JobId {
-        self.start_with(CommandSpec::new(program, args.iter().copied()), Limits::default())
-            .await
+        self.start_with(
+            CommandSpec::new(program, args.iter().copied()),
+            Limits::default(),
+        )
+        .await
     }
 
     pub async fn start_with(&self, spec: CommandSpec, limits: Limits) -> JobId {
@@ -110,7 +117,10 @@ impl TestWorker {
 
     /// Output per stream, read through one reader of both streams.
     pub async fn output_split(&self, id: JobId) -> (Vec<u8>, Vec<u8>) {
-        let mut reader = self.worker.output(id, StreamFilter::Both).expect("output reader");
+        let mut reader = self
+            .worker
+            .output(id, StreamFilter::Both)
+            .expect("output reader");
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Some(chunk) = reader.next().await.expect("read output") {
             match chunk.stream {
@@ -140,7 +150,10 @@ impl TestWorker {
 
     /// Reads stdout until a line equal to `line` arrives (the job's own "I am ready" signal).
     pub async fn wait_for_line(&self, id: JobId, line: &str) {
-        let mut reader = self.worker.output(id, StreamFilter::Stdout).expect("output reader");
+        let mut reader = self
+            .worker
+            .output(id, StreamFilter::Stdout)
+            .expect("output reader");
         let mut seen = Vec::new();
         while let Some(chunk) = reader.next().await.expect("read output") {
             seen.extend_from_slice(&chunk.data);
@@ -173,10 +186,10 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(marker) {
-                pids.push(pid);
-            }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+        {
+            pids.push(pid);
         }
     }
     pids

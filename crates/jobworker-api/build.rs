@@ -1,0 +1,21 @@
+//! Compiles `proto/jobworker/v1/jobworker.proto` into Rust (client and server).
+//!
+//! `protox` parses the proto in pure Rust, so building needs no `protoc` on the machine.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto");
+    let proto = proto_root.join("jobworker/v1/jobworker.proto");
+
+    println!("cargo:rerun-if-changed={}", proto.display());
+
+    let descriptors = protox::compile([&proto], [&proto_root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

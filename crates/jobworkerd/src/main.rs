@@ -1,0 +1,215 @@
+//! jobworkerd: run commands as isolated, resource-limited jobs for clients authenticated by
+//! mutual TLS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use jobworker::{Config, Limits, Worker};
+use jobworkerd::Server;
+use tokio::signal::unix::{SignalKind, signal};
+
+const AFTER_HELP: &str = "\
+Quick start (development PKI in ./dev-pki, server on 127.0.0.1:50051):
+  jobworkerd certs init --user alice --user bob --admin admin
+  sudo jobworkerd serve
+  jobctl run -- echo hello";
+
+#[derive(Parser)]
+#[command(name = "jobworkerd", version, about = "Runs commands as isolated, resource-limited jobs for mTLS-authenticated clients",
+          after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the job API (needs root: it creates namespaces and cgroups).
+    #[command(after_help = "\
+Every job gets its own PID, mount, network, UTS and IPC namespaces and a cgroup; it runs as --job-user
+with no capabilities. Limits a request leaves unset take the --default-* values.
+
+IO limits apply to the block device backing the job's working directory. On cgroup v1 hosts the kernel
+throttles only direct (O_DIRECT) and fsync'd writes: buffered writeback escapes the limit. cgroup v2
+throttles buffered writes too.
+
+SIGTERM or SIGINT: stop accepting, end open output streams, stop every job (SIGTERM, --stop-grace,
+SIGKILL), remove their cgroups, exit 0.
+
+Examples:
+  sudo jobworkerd serve
+  sudo jobworkerd serve --listen 0.0.0.0:50051 --ca /etc/jobworker/ca.pem \\
+      --cert /etc/jobworker/server.pem --key /etc/jobworker/server.key --default-memory 1G")]
+    Serve(ServeArgs),
+    /// Manage a development PKI.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default).
+    #[arg(long, env = "JOBWORKER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// CA certificate (PEM) that client certificates must chain to.
+    #[arg(long, env = "JOBWORKER_CA", default_value = "dev-pki/ca.pem")]
+    ca: PathBuf,
+    /// Server certificate chain (PEM), with EKU serverAuth.
+    #[arg(long, env = "JOBWORKER_CERT", default_value = "dev-pki/server.pem")]
+    cert: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, env = "JOBWORKER_KEY", default_value = "dev-pki/server.key")]
+    key: PathBuf,
+    /// Where job output logs are kept. Logs do not survive a restart.
+    #[arg(
+        long,
+        env = "JOBWORKER_STATE_DIR",
+        default_value = "/var/lib/jobworker"
+    )]
+    state_dir: PathBuf,
+    /// Unprivileged user that jobs run as.
+    #[arg(long, env = "JOBWORKER_JOB_USER", default_value = "nobody")]
+    job_user: String,
+    /// Parent of job cgroups: relative to the daemon's own cgroup, or absolute.
+    #[arg(long, env = "JOBWORKER_CGROUP_PARENT", default_value = "jobs")]
+    cgroup_parent: PathBuf,
+    /// Time between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, env = "JOBWORKER_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_grace: Duration,
+    /// Default CPU limit, in CPUs (e.g. 0.5).
+    #[arg(long, env = "JOBWORKER_DEFAULT_CPUS")]
+    default_cpus: Option<f64>,
+    /// Default memory limit, binary units (e.g. 512M = 512 MiB).
+    #[arg(long, env = "JOBWORKER_DEFAULT_MEMORY", value_parser = parse_bytes)]
+    default_memory: Option<u64>,
+    /// Default limit on processes and threads per job (a fork-bomb guard).
+    #[arg(long, env = "JOBWORKER_DEFAULT_PIDS", default_value_t = 1024)]
+    default_pids: u64,
+    /// Most jobs (running or ended) kept at once.
+    #[arg(long, env = "JOBWORKER_MAX_JOBS", default_value_t = 10_000)]
+    max_jobs: usize,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA, a server certificate for localhost, and one client certificate per
+    /// user. Keys are written 0600. Not for production.
+    #[command(after_help = "\
+Identity: a client certificate's CN is the user; its O values are groups. Members of group \"admin\"
+see and act on every job.
+
+Example:
+  jobworkerd certs init --dir dev-pki --user alice --user bob --admin admin")]
+    Init(CertsInitArgs),
+}
+
+#[derive(Args)]
+struct CertsInitArgs {
+    /// Directory to write the PKI to.
+    #[arg(long, default_value = "dev-pki")]
+    dir: PathBuf,
+    /// A user to issue a client certificate for (repeatable).
+    #[arg(long = "user", value_name = "NAME", default_values_t = ["alice".to_string(), "bob".to_string()])]
+    users: Vec<String>,
+    /// An admin to issue a client certificate for, with O=admin (repeatable).
+    #[arg(long = "admin", value_name = "NAME", default_values_t = ["admin".to_string()])]
+    admins: Vec<String>,
+    /// Validity of every certificate, in days.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{s:?} is not a size such as 512M or 2G: {e}"))
+}
+
+fn main() -> ExitCode {
+    // Each job's init is this binary re-executed: it must take over before anything else runs.
+    jobworker::init::run_if_requested();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Certs(CertsCommand::Init(args)) => certs_init(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobworkerd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn certs_init(args: CertsInitArgs) -> anyhow::Result<()> {
+    let written =
+        jobworker_api::pki::init(&args.dir, &args.users, &args.admins, args.days, args.force)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!(
+            "jobworkerd serve needs root to create namespaces and cgroups (try: sudo jobworkerd serve)"
+        );
+    }
+    let tls = jobworker_api::tls::server_config(&args.ca, &args.cert, &args.key)
+        .context("cannot load the server's TLS configuration (create a development PKI with `jobworkerd certs init`)")?;
+    let config = Config {
+        state_dir: args.state_dir,
+        job_user: args.job_user,
+        cgroup_parent: args.cgroup_parent,
+        stop_grace: args.stop_grace,
+        max_jobs: args.max_jobs,
+        default_limits: Limits {
+            cpus: args.default_cpus,
+            memory_bytes: args.default_memory,
+            pids: Some(args.default_pids),
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    // Before the runtime starts threads: detection may move this process between cgroups.
+    let worker = Arc::new(Worker::new(config).context("cannot prepare the worker")?);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let server = Server::start(listener, tls, worker.clone())?;
+        tracing::info!(
+            listen = %server.local_addr(),
+            cgroup = ?worker.cgroup_version(),
+            cgroup_parents = ?worker.cgroup_parents(),
+            "jobworkerd listening (mutual TLS 1.3)"
+        );
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,356 @@
+//! The API over a real mTLS connection: authorization, streaming, errors, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use jobworker_api::pb::{self, job_worker_client::JobWorkerClient};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn start_req(command: &str, args: &[&str]) -> pb::StartRequest {
+    pb::StartRequest {
+        command: command.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn start(client: &mut JobWorkerClient<Channel>, command: &str, args: &[&str]) -> String {
+    client
+        .start(start_req(command, args))
+        .await
+        .unwrap_or_else(|e| panic!("start {command}: {e}"))
+        .into_inner()
+        .job_id
+}
+
+async fn status(
+    client: &mut JobWorkerClient<Channel>,
+    id: &str,
+) -> Result<pb::JobStatus, tonic::Status> {
+    client
+        .get_status(pb::GetStatusRequest { job_id: id.into() })
+        .await
+        .map(|r| r.into_inner().status.expect("status in response"))
+}
+
+/// Reads a whole output stream; returns the bytes and how the stream ended.
+async fn read_stream(
+    client: &mut JobWorkerClient<Channel>,
+    id: &str,
+) -> (Vec<u8>, Result<(), tonic::Status>) {
+    let mut stream = match client
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id.into(),
+            streams: vec![],
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut all = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(msg)) => all.extend_from_slice(&msg.data),
+            Ok(None) => return (all, Ok(())),
+            Err(e) => return (all, Err(e)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_cannot_see_or_touch_each_others_jobs_but_admins_can() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let mut bob = t.client("bob").await;
+    let mut admin = t.client("root").await;
+    let id = start(&mut alice, "/bin/sleep", &["1000"]).await;
+
+    let err = status(&mut bob, &id)
+        .await
+        .expect_err("bob reads alice's job");
+    assert_eq!(err.code(), Code::NotFound);
+    let unknown_id = uuid::Uuid::new_v4().to_string();
+    let unknown = status(&mut bob, &unknown_id).await.expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(
+        err.message().replace(&id, "ID"),
+        unknown.message().replace(&unknown_id, "ID"),
+        "another user's job must be indistinguishable from a missing one"
+    );
+    let err = bob
+        .stop(pb::StopRequest { job_id: id.clone() })
+        .await
+        .expect_err("bob stops");
+    assert_eq!(err.code(), Code::NotFound);
+    let (_, ended) = read_stream(&mut bob, &id).await;
+    assert_eq!(ended.expect_err("bob streams").code(), Code::NotFound);
+    let bobs = bob
+        .list(pb::ListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert!(bobs.is_empty(), "bob sees {bobs:?}");
+
+    let alices = alice
+        .list(pb::ListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(alices.len(), 1);
+    assert_eq!(alices[0].owner, "alice");
+
+    let seen = status(&mut admin, &id).await.expect("admin reads");
+    assert_eq!(seen.owner, "alice");
+    let bob_job = start(&mut bob, "/bin/true", &[]).await;
+    let all = admin
+        .list(pb::ListRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    let owners: Vec<(&str, &str)> = all
+        .iter()
+        .map(|j| (j.job_id.as_str(), j.owner.as_str()))
+        .collect();
+    assert!(
+        owners.contains(&(id.as_str(), "alice")) && owners.contains(&(bob_job.as_str(), "bob")),
+        "{owners:?}"
+    );
+    let stopped = admin
+        .stop(pb::StopRequest { job_id: id.clone() })
+        .await
+        .expect("admin stops")
+        .into_inner()
+        .status
+        .expect("status");
+    assert!(stopped.stop_requested);
+    assert_eq!(stopped.state, pb::JobState::Signaled as i32);
+    assert_eq!(stopped.signal, Some(libc::SIGTERM));
+    let (_, ended) = read_stream(&mut admin, &id).await;
+    ended.expect("admin streams");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_invalid_argument_or_not_found_with_a_useful_message() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+
+    let err = status(&mut alice, "not-a-uuid")
+        .await
+        .expect_err("malformed");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("not a job id"), "{}", err.message());
+
+    let err = status(&mut alice, &uuid::Uuid::new_v4().to_string())
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let err = alice
+        .start(start_req("no-such-program-xyz", &[]))
+        .await
+        .expect_err("nonexistent");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("executable not found in PATH"),
+        "{}",
+        err.message()
+    );
+
+    let err = alice.start(start_req("", &[])).await.expect_err("empty");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let big = "x".repeat(600 * 1024);
+    let err = alice
+        .start(start_req("/bin/echo", &[&big, &big]))
+        .await
+        .expect_err("oversize");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+
+    let mut limits = pb::Limits {
+        cpus: Some(-1.0),
+        ..Default::default()
+    };
+    let req = |limits: pb::Limits| pb::StartRequest {
+        limits: Some(limits),
+        ..start_req("/bin/true", &[])
+    };
+    let err = alice.start(req(limits)).await.expect_err("bad cpus");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("cpus"), "{}", err.message());
+    limits.cpus = None;
+    limits.memory_bytes = Some(0);
+    let err = alice.start(req(limits)).await.expect_err("bad memory");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let err = alice
+        .stream_output(pb::StreamOutputRequest {
+            job_id: uuid::Uuid::new_v4().to_string(),
+            streams: vec![7],
+        })
+        .await
+        .expect_err("bad stream");
+    assert!(matches!(err.code(), Code::NotFound | Code::InvalidArgument));
+
+    // The server is still fine.
+    let id = start(&mut alice, "/bin/true", &[]).await;
+    status(&mut alice, &id)
+        .await
+        .expect("status after bad requests");
+    assert!(t.worker.list(None).len() == 1, "failed starts left jobs");
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_streaming_a_running_job_get_identical_bytes_from_byte_zero() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let script = "i=0; while [ $i -lt 300 ]; do echo line $i; echo err $i >&2; i=$((i+1)); sleep 0.005; done";
+    let id = start(&mut alice, "/bin/sh", &["-c", script]).await;
+    let mut second = t.client("alice").await;
+    let (a, b) = tokio::join!(read_stream(&mut alice, &id), read_stream(&mut second, &id));
+    a.1.expect("first stream ends cleanly");
+    b.1.expect("second stream ends cleanly");
+    assert_eq!(a.0, b.0, "both readers got the same bytes");
+    let text = String::from_utf8(a.0).expect("utf-8");
+    assert!(
+        text.starts_with("line 0\n"),
+        "from the first byte: {:?}",
+        &text[..20]
+    );
+    assert_eq!(text.lines().count(), 600);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_streams_of_one_job_all_get_everything() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let id = start(
+        &mut alice,
+        "/bin/sh",
+        &["-c", "seq 1 50000; sleep 0.5; seq 50001 100000"],
+    )
+    .await;
+    let expected: String = (1..=100000).map(|i| format!("{i}\n")).collect();
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        // Share one connection: 100 HTTP/2 streams over it.
+        let mut client = alice.clone();
+        let id = id.clone();
+        streams.spawn(async move { read_stream(&mut client, &id).await });
+    }
+    let mut n = 0;
+    while let Some(done) = streams.join_next().await {
+        let (bytes, ended) = done.expect("stream task");
+        ended.expect("stream ends cleanly");
+        assert!(
+            bytes == expected.as_bytes(),
+            "a stream got {} bytes, expected {}",
+            bytes.len(),
+            expected.len()
+        );
+        n += 1;
+    }
+    assert_eq!(n, 100);
+    assert!(eventually(Duration::from_secs(1), || t.server.active_streams() == 0).await);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_stream_ends_its_server_stream() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    // A silent job: the stream has nothing to send, so only the disconnect can end it.
+    let id = start(
+        &mut alice,
+        "/bin/sh",
+        &["-c", "echo first; exec sleep 1000"],
+    )
+    .await;
+    let endpoint = t.endpoint();
+    let config = t.pki.client_config("alice");
+    let (got_first, first) = tokio::sync::oneshot::channel();
+    let client_task = tokio::spawn(async move {
+        // Its own connection, closed when this task is aborted: a killed client.
+        let mut client = jobworker_api::connect(&endpoint, config)
+            .await
+            .expect("connect");
+        let mut stream = client
+            .stream_output(pb::StreamOutputRequest {
+                job_id: id,
+                streams: vec![],
+            })
+            .await
+            .expect("stream")
+            .into_inner();
+        let msg = stream
+            .message()
+            .await
+            .expect("message")
+            .expect("first chunk");
+        let _ = got_first.send(msg.data);
+        std::future::pending::<()>().await;
+    });
+    assert_eq!(first.await.expect("first chunk arrives"), b"first\n");
+    assert_eq!(t.server.active_streams(), 1);
+    client_task.abort();
+    let _ = client_task.await;
+    assert!(
+        eventually(Duration::from_secs(1), || t.server.active_streams() == 0).await,
+        "the server's stream for a vanished client is still open after 1 s"
+    );
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_with_a_status_and_stops_jobs() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let id = start(&mut alice, "/bin/sh", &["-c", "echo hi; exec sleep 1000"]).await;
+    let mut stream = alice
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id.clone(),
+            streams: vec![],
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.message().await.expect("message").expect("chunk");
+    assert_eq!(first.data, b"hi\n");
+    let worker = t.worker.clone();
+    let parents = worker.cgroup_parents();
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(t.server.shutdown());
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
+    shutdown.await.expect("shutdown task");
+    assert!(
+        started.elapsed() < Duration::from_secs(3 + 5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let job = worker.status(id.parse().expect("id")).expect("job");
+    assert!(job.stop_requested && job.ended_at.is_some(), "{job:?}");
+    for dir in parents {
+        assert!(!dir.exists(), "{} left after shutdown", dir.display());
+    }
+}
