@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     let descriptors = protox::compile([&proto], [&proto_root])?;
     tonic_prost_build::configure()
+        // Output chunks are handed from the job's log to the wire without a copy.
+        .bytes(".jobworker.v1.StreamOutputResponse.data")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -151,26 +151,34 @@ impl Job {
 
     /// SIGTERM to every process of the job, then SIGKILL after `grace`; returns once the job
     /// has ended and its cgroup is gone. Stopping an ended job does nothing.
-    pub(crate) async fn stop(&self, grace: Duration) -> Result<(), Error> {
-        let mut ended = self.ended.subscribe();
-        if ended.borrow().is_some() {
+    pub(crate) async fn stop(self: &Arc<Self>, grace: Duration) -> Result<(), Error> {
+        if self.ended.borrow().is_some() {
             return Ok(());
         }
         self.stop_requested.store(true, Ordering::Relaxed);
         // The init forwards SIGTERM to every process in the job's PID namespace.
         spawn::signal(&self.pidfd, libc::SIGTERM)
             .map_err(|e| Error::io("cannot send SIGTERM to the job", e))?;
-        if tokio::time::timeout(grace, ended.wait_for(Option::is_some))
+        // The escalation runs in its own task so that a stop always finishes, even when its
+        // caller goes away (a client disconnecting mid-stop). The task ends with the job.
+        let job = self.clone();
+        let escalation = tokio::spawn(async move {
+            let mut ended = job.ended.subscribe();
+            if tokio::time::timeout(grace, ended.wait_for(Option::is_some))
+                .await
+                .is_err()
+            {
+                // SIGKILL of a PID namespace's init makes the kernel kill every process in it.
+                spawn::signal(&job.pidfd, libc::SIGKILL)
+                    .map_err(|e| Error::io("cannot send SIGKILL to the job", e))?;
+                // The sender lives in `job`, so this only ends when the supervisor publishes.
+                let _ = ended.wait_for(Option::is_some).await;
+            }
+            Ok(())
+        });
+        escalation
             .await
-            .is_err()
-        {
-            // SIGKILL of a PID namespace's init makes the kernel kill every process in it.
-            spawn::signal(&self.pidfd, libc::SIGKILL)
-                .map_err(|e| Error::io("cannot send SIGKILL to the job", e))?;
-            // The sender lives in `self`, so this only ends when the supervisor publishes.
-            let _ = ended.wait_for(Option::is_some).await;
-        }
-        Ok(())
+            .map_err(|e| Error::io("the stop of the job failed", std::io::Error::other(e)))?
     }
 
     /// Immediate SIGKILL, for a worker that is going away without a graceful shutdown.
@@ -235,7 +243,7 @@ fn supervise(launch: Launch, ready: oneshot::Sender<Result<Arc<Job>, Error>>) {
     let Running {
         job,
         cgroup,
-        writer,
+        mut writer,
         stdout,
         stderr,
         status,
@@ -246,7 +254,7 @@ fn supervise(launch: Launch, ready: oneshot::Sender<Result<Arc<Job>, Error>>) {
     if orphan {
         let _ = spawn::signal(&job.pidfd, libc::SIGKILL);
     }
-    let reported = pump(&job, writer, stdout, stderr, status);
+    let reported = pump(&job, &mut writer, stdout, stderr, status);
     let waited = spawn::wait(&job.pidfd);
     let usage = cgroup.usage();
     let cgroup_dirs = cgroup.dirs();
@@ -276,6 +284,8 @@ fn supervise(launch: Launch, ready: oneshot::Sender<Result<Arc<Job>, Error>>) {
             peak_memory_bytes: usage.peak_memory_bytes,
         },
     }));
+    // Closed only now, so a reader that reaches the end of the output sees the final state.
+    drop(writer);
 }
 
 fn state_from_siginfo(info: &libc::siginfo_t) -> JobState {
@@ -398,7 +408,7 @@ fn start_error(spec: &CommandSpec, stage: u8, errno: i32) -> Error {
 /// init reports. Returns that outcome, or `None` if the init died without reporting.
 fn pump(
     job: &Job,
-    mut writer: LogWriter,
+    writer: &mut LogWriter,
     stdout: File,
     stderr: File,
     status: File,
@@ -434,7 +444,7 @@ fn pump(
                 } else {
                     Stream::Stderr
                 };
-                copy_chunk(job, file, stream, &mut writer, &mut buf, &mut write_failed)
+                copy_chunk(job, file, stream, writer, &mut buf, &mut write_failed)
             };
             if !open {
                 files[i] = None;
@@ -442,7 +452,6 @@ fn pump(
             }
         }
     }
-    drop(writer);
     outcome
 }
 

@@ -1,6 +1,7 @@
 //! jobworkerd: run commands as isolated, resource-limited jobs for clients authenticated by
 //! mutual TLS.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,6 +145,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -160,7 +162,13 @@ fn main() -> ExitCode {
 
 fn certs_init(args: CertsInitArgs) -> anyhow::Result<()> {
     let written =
-        jobworker_api::pki::init(&args.dir, &args.users, &args.admins, args.days, args.force)?;
+        jobworker_api::pki::init(&args.dir, &args.users, &args.admins, args.days, args.force)
+            .map_err(|e| match e {
+                jobworker_api::pki::PkiError::Exists { .. } => {
+                    anyhow::anyhow!("{e} (pass --force to replace the whole development PKI)")
+                }
+                other => other.into(),
+            })?;
     for path in written {
         println!("{}", path.display());
     }

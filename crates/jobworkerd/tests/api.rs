@@ -299,7 +299,7 @@ async fn a_client_that_goes_away_mid_stream_ends_its_server_stream() {
         let _ = got_first.send(msg.data);
         std::future::pending::<()>().await;
     });
-    assert_eq!(first.await.expect("first chunk arrives"), b"first\n");
+    assert_eq!(&first.await.expect("first chunk arrives")[..], b"first\n");
     assert_eq!(t.server.active_streams(), 1);
     client_task.abort();
     let _ = client_task.await;
@@ -324,7 +324,7 @@ async fn shutdown_ends_open_streams_with_a_status_and_stops_jobs() {
         .expect("stream")
         .into_inner();
     let first = stream.message().await.expect("message").expect("chunk");
-    assert_eq!(first.data, b"hi\n");
+    assert_eq!(&first.data[..], b"hi\n");
     let worker = t.worker.clone();
     let parents = worker.cgroup_parents();
     let started = std::time::Instant::now();

@@ -35,9 +35,9 @@ const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 const CPU_PERIOD_US: u64 = 100_000;
 /// How long to wait for a cgroup's last processes to exit before giving up.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// First and longest pause between re-checks while waiting for a cgroup to empty.
+/// First pause between re-checks while waiting for a cgroup to empty; it doubles from there.
 const FIRST_DELAY: Duration = Duration::from_millis(1);
-/// See [`FIRST_DELAY`].
+/// Longest pause between those re-checks.
 const MAX_DELAY: Duration = Duration::from_millis(50);
 
 /// Which cgroup hierarchy the host runs.
@@ -450,12 +450,16 @@ impl JobCgroup {
     ///
     /// v2 writes `cgroup.kill`, which the kernel applies atomically against concurrent forks.
     /// v1 has no such file: it signals each listed pid and repeats until the cgroup lists none
-    /// (bounded), since a process may fork between the listing and the signal.
+    /// (bounded), since a process may fork between the listing and the signal. The v1 freezer
+    /// would close that window too, at the cost of a sixth hierarchy and a wait for FROZEN; the
+    /// loop suffices because a job's processes share a PID namespace whose init's death makes
+    /// the kernel kill the rest, and pidfds rule out signalling a reused pid.
     pub(crate) fn kill(&self) -> Result<(), CgroupError> {
+        let mut backoff = Backoff::new();
         for dir in &self.dirs {
             match self.version {
-                CgroupVersion::V1 => kill_until_empty(&dir.path)?,
-                CgroupVersion::V2 => v2::kill(&dir.path)?,
+                CgroupVersion::V1 => kill_until_empty(&dir.path, &mut backoff)?,
+                CgroupVersion::V2 => v2::kill(&dir.path, &mut backoff)?,
             }
         }
         Ok(())
@@ -746,9 +750,8 @@ fn read_pids(dir: &Path) -> Result<Vec<i32>, CgroupError> {
         .collect()
 }
 
-/// SIGKILLs every process listed in `dir` until none is listed, within [`SETTLE_TIMEOUT`].
-fn kill_until_empty(dir: &Path) -> Result<(), CgroupError> {
-    let mut backoff = Backoff::new();
+/// SIGKILLs every process listed in `dir` until none is listed, within `backoff`'s deadline.
+fn kill_until_empty(dir: &Path, backoff: &mut Backoff) -> Result<(), CgroupError> {
     while kill_listed(dir)? {
         if !backoff.wait() {
             return Err(CgroupError::NotEmpty {
@@ -1053,8 +1056,19 @@ pub(super) mod tests {
         read(&path).expect("read job file").trim().to_owned()
     }
 
+    /// A child process killed and reaped when the test ends, passed or not.
+    pub(in crate::cgroup) struct Reaped(pub(in crate::cgroup) Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            // Already reaped by the test in the common case: both calls then fail harmlessly.
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     /// Spawns `program args` so that it joins the job's cgroup before exec, as the worker does.
-    fn spawn_in(job: &JobCgroup, program: &str, args: &[&str]) -> Child {
+    fn spawn_in(job: &JobCgroup, program: &str, args: &[&str]) -> Reaped {
         let fds = job.procs_fds();
         let mut cmd = Command::new(program);
         cmd.args(args);
@@ -1070,13 +1084,15 @@ pub(super) mod tests {
                 Ok(())
             });
         }
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+        Reaped(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawn {program}: {e}")),
+        )
     }
 
-    /// `child`'s pid as cgroup.procs lists it.
-    fn pid(child: &Child) -> i32 {
-        i32::try_from(child.id()).expect("pid fits i32")
+    /// The process's pid as cgroup.procs lists it.
+    fn pid(child: &Reaped) -> i32 {
+        i32::try_from(child.0.id()).expect("pid fits i32")
     }
 
     /// Waits (bounded) until `dir` lists at least `n` processes.
@@ -1245,7 +1261,7 @@ pub(super) mod tests {
             assert_eq!(members, [pid(&child)], "{}", dir.display());
         }
         job.kill().expect("kill");
-        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
         job.remove().expect("remove");
     }
 
@@ -1259,7 +1275,7 @@ pub(super) mod tests {
         let dirs = job.dirs();
         wait_for_members(&dirs[0], 3);
         job.kill().expect("kill");
-        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
         job.remove().expect("remove");
         for dir in dirs {
             assert!(!dir.exists(), "{} is left", dir.display());
@@ -1275,7 +1291,7 @@ pub(super) mod tests {
         let mut child = spawn_in(&job, "sleep", &["1000"]);
         let dirs = job.dirs();
         drop(job);
-        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
         for dir in dirs {
             assert!(!dir.exists(), "{} is left", dir.display());
         }
@@ -1284,10 +1300,12 @@ pub(super) mod tests {
     #[test]
     fn remove_stale_kills_leftover_processes_and_removes_their_cgroups() {
         let parent = TestParent::new();
-        let mut child = Command::new("sleep")
-            .arg("1000")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = Reaped(
+            Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .expect("spawn sleep"),
+        );
         // What a crashed daemon leaves: a job directory in each hierarchy, with a live process.
         let leftovers: Vec<PathBuf> = parent
             .parent_dirs()
@@ -1296,11 +1314,11 @@ pub(super) mod tests {
             .collect();
         for dir in &leftovers {
             fs::create_dir(dir).expect("create leftover");
-            write(&dir.join("cgroup.procs"), &child.id().to_string()).expect("attach");
+            write(&dir.join("cgroup.procs"), &pid(&child).to_string()).expect("attach");
         }
         let restarted = Cgroups::detect(Path::new(&parent.name)).expect("detect again");
         assert_eq!(restarted.remove_stale().expect("remove_stale"), 1);
-        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
         for dir in leftovers {
             assert!(!dir.exists(), "{} is left", dir.display());
         }
@@ -1386,7 +1404,7 @@ pub(super) mod tests {
             .expect("create");
         let script = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done";
         let mut child = spawn_in(&job, "sh", &["-c", script]);
-        assert!(child.wait().expect("wait").success());
+        assert!(child.0.wait().expect("wait").success());
         let usage = job.usage();
         assert!(usage.cpu_time >= Duration::from_millis(20), "{usage:?}");
         assert!(usage.cpu_time < Duration::from_secs(60), "{usage:?}");
@@ -1412,7 +1430,7 @@ pub(super) mod tests {
         let job = parent.create("job", &limits, None).expect("create");
         // tail keeps the last lines, and /dev/zero has no line end: it grows until killed.
         let mut child = spawn_in(&job, "tail", &["/dev/zero"]);
-        assert_eq!(child.wait().expect("wait").signal(), Some(libc::SIGKILL));
+        assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
         let usage = job.usage();
         assert_eq!(usage.oom_kills, 1, "{usage:?}");
         assert!(

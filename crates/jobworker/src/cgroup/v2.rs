@@ -14,9 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    CGROUP_MOUNT, CPU_PERIOD_US, CgroupDir, CgroupError, CgroupUsage, Controller, DevNum, Mount,
-    ProcCgroup, cpu_quota_us, create_dir_if_missing, read, read_keyed, read_u64, resolve_parent,
-    write,
+    Backoff, CGROUP_MOUNT, CPU_PERIOD_US, CgroupDir, CgroupError, CgroupUsage, Controller, DevNum,
+    Mount, ProcCgroup, cpu_quota_us, create_dir_if_missing, read, read_keyed, read_u64,
+    resolve_parent, write,
 };
 use crate::spec::Limits;
 
@@ -45,11 +45,17 @@ pub(super) fn prepare(
         .ok_or_else(|| {
             super::parse_error("/proc/self/mountinfo", "no cgroup2 mount at /sys/fs/cgroup")
         })?;
-    let own_path = &own
+    let current = &own
         .iter()
         .find(|c| c.hierarchy == 0)
         .ok_or_else(|| super::parse_error("/proc/self/cgroup", "no cgroup v2 entry (0::PATH)"))?
         .path;
+    // A process that already moved into its leaf (an earlier `detect`) counts the leaf's parent,
+    // its service cgroup, as its own: repeated calls then agree instead of nesting leaves.
+    let own_path = match current.file_name() {
+        Some(name) if name == DAEMON_LEAF => current.parent().unwrap_or(current),
+        _ => current,
+    };
     let parent_path = resolve_parent(parent, own_path)?;
     if parent_path.starts_with(own_path.join(DAEMON_LEAF)) {
         return Err(CgroupError::InvalidParent {
@@ -197,11 +203,11 @@ fn limit_writes(
 }
 
 /// SIGKILLs every process in the cgroup through `cgroup.kill`.
-pub(super) fn kill(dir: &Path) -> Result<(), CgroupError> {
+pub(super) fn kill(dir: &Path, backoff: &mut Backoff) -> Result<(), CgroupError> {
     match write(&dir.join("cgroup.kill"), "1") {
         // cgroup.kill arrived in Linux 5.14; before it, signal each listed process.
         Err(CgroupError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            super::kill_until_empty(dir)
+            super::kill_until_empty(dir, backoff)
         }
         result => result,
     }
@@ -229,7 +235,7 @@ mod tests {
     use std::process::Command;
 
     use super::super::Cgroups;
-    use super::super::tests::{TestParent, host_runs};
+    use super::super::tests::{Reaped, TestParent, host_runs};
     use super::*;
     use crate::cgroup::CgroupVersion;
 
@@ -353,6 +359,9 @@ mod tests {
                     "memory not enabled in {}: {enabled:?}",
                     own.display()
                 );
+                // Called again from the leaf, a relative parent still lands beside the leaf.
+                let again = Cgroups::detect(Path::new("jobs2")).expect("detect again");
+                assert_eq!(again.parent_dirs(), [own.join("jobs2")]);
             }
             "shared" => assert!(
                 matches!(result, Err(CgroupError::OwnCgroupBusy { .. })),
@@ -385,12 +394,12 @@ mod tests {
                 Err(std::io::Error::last_os_error())
             }
         };
-        let mut sleeper = neighbour.then(|| {
+        let sleeper = neighbour.then(|| {
             let mut cmd = Command::new("sleep");
             cmd.arg("1000");
             // SAFETY: the hook only calls write(2); see `join`.
             unsafe { cmd.pre_exec(join) };
-            cmd.spawn().expect("spawn sleep")
+            Reaped(cmd.spawn().expect("spawn sleep"))
         });
         let test_name = concat!(module_path!(), "::leaf_helper");
         // libtest names tests without the crate name.
@@ -403,11 +412,14 @@ mod tests {
         // SAFETY: the hook only calls write(2); see `join`.
         unsafe { cmd.pre_exec(join) };
         let output = cmd.output().expect("run the helper");
-        if let Some(sleeper) = sleeper.as_mut() {
-            let _ = sleeper.kill();
-            let _ = sleeper.wait();
-        }
-        for dir in [own.join("jobs"), own.join(DAEMON_LEAF), own.clone()] {
+        // The neighbour must be gone before its cgroup can be removed.
+        drop(sleeper);
+        for dir in [
+            own.join("jobs"),
+            own.join("jobs2"),
+            own.join(DAEMON_LEAF),
+            own.clone(),
+        ] {
             let _ = super::super::remove_when_empty(&dir, &mut super::super::Backoff::new());
         }
         assert!(

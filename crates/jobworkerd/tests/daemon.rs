@@ -1,0 +1,220 @@
+//! The real `jobworkerd` binary: the dev PKI command and an orderly shutdown on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::JOBWORKERD;
+use jobworker_api::pb;
+use tonic::Code;
+
+#[test]
+fn certs_init_writes_private_keys_0600_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let run = |extra: &[&str]| {
+        Command::new(JOBWORKERD)
+            .args(["certs", "init", "--dir"])
+            .arg(&pki)
+            .args(["--user", "alice", "--admin", "root"])
+            .args(extra)
+            .output()
+            .expect("run jobworkerd certs init")
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for name in ["ca", "server", "alice", "root"] {
+        assert!(pki.join(format!("{name}.pem")).exists(), "{name}.pem");
+        let mode = std::fs::metadata(pki.join(format!("{name}.key")))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}.key mode {mode:o}");
+    }
+    let before = std::fs::read(pki.join("alice.key")).expect("key");
+    let second = run(&[]);
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("jobworkerd: error:") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(pki.join("alice.key")).expect("key"),
+        before,
+        "a refused init changed a key"
+    );
+    let forced = run(&["--force"]);
+    assert!(forced.status.success());
+    assert_ne!(std::fs::read(pki.join("alice.key")).expect("key"), before);
+}
+
+/// A `jobworkerd serve` child process, killed on drop if the test did not end it.
+struct Daemon {
+    child: std::process::Child,
+    addr: String,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(pki: &std::path::Path, state: &std::path::Path, parent: &str) -> Daemon {
+    let mut child = Command::new(JOBWORKERD)
+        .arg("serve")
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--stop-grace",
+            "2s",
+            "--cgroup-parent",
+            parent,
+        ])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("server.pem"))
+        .arg("--key")
+        .arg(pki.join("server.key"))
+        .arg("--state-dir")
+        .arg(state)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jobworkerd serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, logs) = std::sync::mpsc::channel();
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Owned by the guard from here on, so a failed wait below still kills it.
+    let mut daemon = Daemon {
+        child,
+        addr: String::new(),
+        logs,
+    };
+    let mut seen = Vec::new();
+    daemon.addr = loop {
+        let line = daemon
+            .logs
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("jobworkerd did not report listening; log: {seen:#?}"));
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().expect("address").to_owned();
+        }
+        seen.push(line);
+    };
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let made = Command::new(JOBWORKERD)
+        .args(["certs", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .expect("certs init");
+    assert!(made.status.success());
+    let state = dir.path().join("state");
+    let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
+    let mut daemon = serve(&pki, &state, &parent);
+
+    let config = jobworker_api::tls::client_config(
+        &pki.join("ca.pem"),
+        &pki.join("alice.pem"),
+        &pki.join("alice.key"),
+    )
+    .expect("client config");
+    let mut client = jobworker_api::connect(&format!("https://{}", daemon.addr), config)
+        .await
+        .expect("connect");
+    // A job that ignores SIGTERM: the daemon must wait the grace period, then kill it.
+    let id = client
+        .start(pb::StartRequest {
+            command: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "trap '' TERM; echo started; while :; do sleep 1; done".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("start")
+        .into_inner()
+        .job_id;
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id,
+            streams: vec![],
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.message().await.expect("message").expect("chunk");
+    assert_eq!(&first.data[..], b"started\n");
+    let cgroup_dirs: Vec<std::path::PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(" - cgroup"))
+        .filter_map(|l| l.split_whitespace().nth(4).map(std::path::PathBuf::from))
+        .collect();
+
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let exit = loop {
+        if let Some(exit) = daemon.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2 + 5),
+            "jobworkerd still running {:?} after SIGTERM",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(0), "jobworkerd exit status");
+    let logs: Vec<String> = daemon.logs.try_iter().collect();
+    assert!(logs.iter().any(|l| l.contains("shut down")), "{logs:#?}");
+    // No job cgroup and no parent are left in any hierarchy.
+    for mount in cgroup_dirs {
+        let found = Command::new("find")
+            .arg(&mount)
+            .args(["-maxdepth", "4", "-name", &parent])
+            .output()
+            .expect("find");
+        assert!(
+            found.stdout.is_empty(),
+            "left behind: {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+}
