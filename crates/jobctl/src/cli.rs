@@ -1,0 +1,347 @@
+//! The command line: flags, subcommands and their help texts.
+//!
+//! Parsing only: every value is checked here (sizes, CPUs, `KEY=VALUE`), so a malformed flag is
+//! a usage error (exit 2) before anything touches the network.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Shown under `jobctl --help`.
+const EXAMPLES: &str = "\
+Examples:
+  jobctl run -- echo hello                   run a job and wait for it, like `docker run`
+  id=$(jobctl start --memory 256M -- sleep 600)
+  jobctl logs \"$id\"                          follow its output
+  jobctl status \"$id\"
+  jobctl stop \"$id\"
+  jobctl list --output json
+
+Connection: by default jobctl connects to https://127.0.0.1:50051 as user alice of the development
+PKI in ./dev-pki (created by `jobworkerd certs init`). Use --user bob or --user admin for the PKI's
+other identities, or --ca/--cert/--key for certificates kept elsewhere.
+
+Exit status: 0 success, 1 error (one line on stderr: `jobctl: error: ...`), 2 usage error;
+`jobctl run` exits with the job's status.";
+
+const START_EXAMPLES: &str = "\
+Prints only the job's id, so that scripts can capture it.
+
+Examples:
+  jobctl start -- sleep 600
+  id=$(jobctl start --cpus 0.5 --memory 256M -- sh -c 'while true; do date; sleep 1; done')
+  jobctl start --env GREETING=hello --workdir /tmp -- sh -c 'echo $GREETING from $PWD'";
+
+const STOP_EXAMPLES: &str = "\
+Sends SIGTERM to every process of the job, waits for the server's grace period, then SIGKILLs
+whatever is left. Returns once the job has ended and prints its final status. Stopping a job
+that has already ended is not an error.
+
+Examples:
+  jobctl stop 7f9c1e2a-3b4d-4e5f-8a6b-9c0d1e2f3a4b
+  jobctl stop --output json \"$id\"";
+
+const STATUS_EXAMPLES: &str = "\
+States: running, stopping, exited(CODE), signaled(SIGNAL), oom-killed; \"(stopped)\" marks a job
+ended by `jobctl stop`.
+
+Examples:
+  jobctl status \"$id\"
+  jobctl status --output json \"$id\" | jq -r .state";
+
+const LIST_EXAMPLES: &str = "\
+Lists your jobs, running and ended; members of the group admin see every user's jobs.
+
+Examples:
+  jobctl list
+  jobctl list --output json | jq -r '.[] | select(.state == \"running\") | .id'";
+
+const LOGS_EXAMPLES: &str = "\
+Streams the job's output from its first byte and follows it until the job ends. The job's
+stdout goes to stdout and its stderr to stderr, byte for byte (binary output is safe to redirect).
+Ctrl-C stops following (exit 130); the job keeps running.
+
+Examples:
+  jobctl logs \"$id\"
+  jobctl logs --stderr \"$id\"
+  jobctl logs --stdout \"$id\" > output.bin";
+
+const RUN_EXAMPLES: &str = "\
+Starts the job, streams its output as `jobctl logs` does, and exits with the job's status: its
+exit code, 128+N when killed by signal N, 137 when the OOM killer ended it.
+
+Ctrl-C stops the job (like `docker run`, which passes the signal on): its remaining output is
+still shown, then jobctl exits 130. A second Ctrl-C stops waiting at once, while the server
+finishes stopping the job. If stdout is closed early (e.g. `| head`), the job is stopped too.
+
+Examples:
+  jobctl run -- uname -a
+  jobctl run --memory 64M -- sh -c 'head -c 128M /dev/zero | tail'; echo \"exit $?\"
+  jobctl run --cpus 0.5 --pids 64 -- make -j8";
+
+/// The command line of `jobctl`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobctl",
+    version,
+    about = "Run and manage jobs on a jobworkerd server",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// Where and as whom to connect; global so that it may follow the subcommand too.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a job and print its id.
+    #[command(after_help = START_EXAMPLES, override_usage = "jobctl start [OPTIONS] -- COMMAND [ARGS]...")]
+    Start(StartArgs),
+    /// Stop a job and print its final status.
+    #[command(after_help = STOP_EXAMPLES)]
+    Stop {
+        /// The job's id, as printed by `jobctl start`.
+        #[arg(value_name = "ID")]
+        job_id: String,
+        /// How to print the final status.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show a job's status.
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status {
+        /// The job's id, as printed by `jobctl start`.
+        #[arg(value_name = "ID")]
+        job_id: String,
+        /// How to print the status.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// List jobs.
+    #[command(after_help = LIST_EXAMPLES)]
+    List {
+        /// How to print the jobs.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Stream a job's output until it ends.
+    #[command(after_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
+    /// Start a job, stream its output, and exit with its status.
+    #[command(after_help = RUN_EXAMPLES, override_usage = "jobctl run [OPTIONS] -- COMMAND [ARGS]...")]
+    Run(StartArgs),
+}
+
+/// Where the server is and which certificates identify us to it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectionArgs {
+    /// The server: https://HOST:PORT or HOST:PORT.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_SERVER",
+        default_value = "https://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub server: String,
+
+    /// Directory of a development PKI (from `jobworkerd certs init`): supplies ca.pem,
+    /// USER.pem and USER.key for whichever of --ca, --cert, --key is not given.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_PKI_DIR",
+        default_value = "dev-pki",
+        value_name = "DIR"
+    )]
+    pub pki_dir: PathBuf,
+
+    /// The identity to use from --pki-dir: its USER.pem and USER.key.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_USER",
+        default_value = "alice",
+        value_name = "USER"
+    )]
+    pub user: String,
+
+    /// CA certificate (PEM) the server's certificate must chain to [default: PKI_DIR/ca.pem].
+    #[arg(long, global = true, env = "JOBCTL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) [default: PKI_DIR/USER.pem].
+    #[arg(long, global = true, env = "JOBCTL_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// Client private key (PEM) [default: PKI_DIR/USER.key].
+    #[arg(long, global = true, env = "JOBCTL_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+/// The arguments of `start` and `run`: what to run and within which limits.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Set an environment variable in the job (repeatable). The job inherits nothing else
+    /// besides a default PATH.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Working directory inside the job [default: /].
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// The command and its arguments: an absolute path or a name looked up in the job's PATH.
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+
+    /// Resource limits; declared last because their help heading applies to what follows.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Per-job resource limits, as Docker spells them.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits (unset ones take the server's defaults)")]
+pub struct LimitArgs {
+    /// CPUs the job may use, e.g. 0.5 or 2.
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+
+    /// Memory limit in binary units, e.g. 256M (= 256 MiB) or 1G; swap is not allowed.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+
+    /// Read rate limit, bytes per second (e.g. 10M), on the device of the working directory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub io_read_bps: Option<u64>,
+
+    /// Write rate limit, bytes per second (e.g. 10M). On cgroup v1 hosts only direct (O_DIRECT)
+    /// and fsync'd writes are throttled: buffered writeback escapes the limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub io_write_bps: Option<u64>,
+
+    /// Read operations per second on the device of the working directory.
+    #[arg(long, value_name = "IOPS")]
+    pub io_read_iops: Option<u64>,
+
+    /// Write operations per second. On cgroup v1 hosts only direct (O_DIRECT) and fsync'd
+    /// writes are throttled.
+    #[arg(long, value_name = "IOPS")]
+    pub io_write_iops: Option<u64>,
+
+    /// Maximum number of processes and threads in the job.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+}
+
+/// The arguments of `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The job's id, as printed by `jobctl start`.
+    #[arg(value_name = "ID")]
+    pub job_id: String,
+
+    /// Only the job's stdout.
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+
+    /// Only the job's stderr.
+    #[arg(long)]
+    pub stderr: bool,
+}
+
+/// How `status`, `stop` and `list` print jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON with stable field names, for programs.
+    Json,
+}
+
+/// `KEY=VALUE`, split at the first `=`; the value may be empty, the key may not.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// A positive, finite number of CPUs.
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(cpus) if cpus.is_finite() && cpus > 0.0 => Ok(cpus),
+        _ => Err(format!(
+            "expected a positive number of CPUs such as 0.5 or 2, got {text:?}"
+        )),
+    }
+}
+
+/// A size in bytes with binary units, as Docker reads them: 256M is 256 MiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|error| format!("expected a size such as 512K, 256M or 1G, got {text:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_use_binary_units_like_docker() {
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("10m"), Ok(10 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn cpus_must_be_positive_and_finite() {
+        assert_eq!(parse_cpus("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "inf", "NaN", "half"] {
+            assert!(parse_cpus(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn env_splits_at_the_first_equals_sign() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("EMPTY="), Ok(("EMPTY".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("NOVALUE").is_err());
+    }
+
+    #[test]
+    fn the_command_keeps_its_own_flags() {
+        let cli = Cli::try_parse_from(["jobctl", "run", "--cpus", "1", "--", "ls", "-l", "--all"])
+            .expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run, got {:?}", cli.command);
+        };
+        assert_eq!(args.command, ["ls", "-l", "--all"]);
+        assert_eq!(args.limits.cpus, Some(1.0));
+    }
+
+    #[test]
+    fn connection_flags_may_follow_the_subcommand() {
+        let cli = Cli::try_parse_from(["jobctl", "list", "--user", "bob"]).expect("parse");
+        assert_eq!(cli.connection.user, "bob");
+    }
+}
