@@ -489,6 +489,7 @@ fn copy_chunk(
         tracing::error!(job = %job.id, log = %job.log.path().display(),
             "cannot write the job's output; the rest of it is discarded: {e}");
         *write_failed = true;
+        writer.mark_lost();
     }
     true
 }

@@ -79,11 +79,13 @@ pub struct Chunk {
     pub data: Bytes,
 }
 
-/// What the writer has committed: whole frames up to `len`; `closed` once nothing more comes.
+/// What the writer has committed: whole frames up to `len`; `closed` once nothing more comes;
+/// `lost` once some output could not be stored (e.g. a full disk).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Progress {
     len: u64,
     closed: bool,
+    lost: bool,
 }
 
 /// Why reading a job's output failed.
@@ -101,6 +103,12 @@ pub enum OutputError {
     /// The log file does not hold well-formed frames (it was modified outside the worker).
     #[error("the job's output log {0} is corrupt")]
     Corrupt(PathBuf),
+    /// Part of the job's output could not be stored; everything that was stored has been read.
+    #[error(
+        "the job's output is incomplete: writing its log {0} failed (is the disk full?); \
+         everything stored was delivered"
+    )]
+    Incomplete(PathBuf),
 }
 
 /// The writing end, owned by the job's supervisor thread. Dropping it closes the log, so
@@ -160,6 +168,14 @@ impl LogWriter {
 
     /// Where a frame's payload starts in a [`frame_buffer`](Self::frame_buffer).
     pub(crate) const PAYLOAD: usize = HEADER;
+}
+
+impl LogWriter {
+    /// Records that output was lost, so every reader reports it at the end instead of
+    /// presenting a truncated log as complete.
+    pub(crate) fn mark_lost(&mut self) {
+        self.progress.send_modify(|p| p.lost = true);
+    }
 }
 
 impl Drop for LogWriter {
@@ -239,6 +255,9 @@ impl OutputReader {
                     if !self.fill().await? {
                         if self.frame.is_some() || !self.pending.is_empty() {
                             return Err(self.corrupt());
+                        }
+                        if self.progress.borrow().lost {
+                            return Err(OutputError::Incomplete(self.path.to_path_buf()));
                         }
                         return Ok(None);
                     }

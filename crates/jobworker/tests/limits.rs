@@ -5,6 +5,10 @@
 
 mod common;
 
+/// The limit tests measure rates and shares: they run one at a time, whatever the harness's
+/// thread count, so that they are not each other's noisy neighbour.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 use std::time::Instant;
 
 use common::{TESTPROG, exited, worker, writable_scratch_dir};
@@ -32,6 +36,7 @@ fn the_detected_cgroup_backend_is_the_expected_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_oom_killed_and_reported_so() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker();
     let limits = Limits {
         memory_bytes: Some(32 << 20),
@@ -64,6 +69,7 @@ async fn a_memory_hog_is_oom_killed_and_reported_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_cpu_limits_a_busy_loop_to_half_a_cpu() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker();
     let limits = Limits {
         cpus: Some(0.5),
@@ -115,6 +121,7 @@ async fn measured_write_rate(mode: &str, limit: u64, mib: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_writes_are_throttled_to_the_write_bps_limit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let limit = 8u64 << 20;
     let rate = measured_write_rate("write-direct", limit, 32).await;
     let ratio = rate / limit as f64;
@@ -131,6 +138,7 @@ async fn direct_writes_are_throttled_to_the_write_bps_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_writes_with_fsync_are_throttled_to_the_write_bps_limit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     // fsync makes the writer itself submit the IO, so even v1 blkio (which cannot see the
     // flusher's writeback) charges it to the job.
     let limit = 8u64 << 20;
@@ -149,6 +157,7 @@ async fn buffered_writes_with_fsync_are_throttled_to_the_write_bps_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_loop_stops_at_the_pids_limit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker();
     let limits = Limits {
         pids: Some(20),

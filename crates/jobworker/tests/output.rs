@@ -111,3 +111,54 @@ async fn one_gib_of_output_keeps_memory_bounded() {
     );
     w.finish().await;
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallFs(tempfile::TempDir);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_cannot_be_stored_is_reported_not_silently_truncated() {
+    let dir = SmallFs(tempfile::tempdir().expect("tempdir"));
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir.0.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .expect("mount a 1 MiB tmpfs");
+    let w = common::worker_with(|c| c.state_dir = dir.0.path().join("state"));
+    let id = w
+        .start("/bin/sh", &["-c", "head -c 4194304 /dev/zero"])
+        .await;
+    let mut reader = w.worker.output(id, StreamFilter::Both).expect("reader");
+    let mut got = 0usize;
+    let err = loop {
+        match reader.next().await {
+            Ok(Some(chunk)) => got += chunk.data.len(),
+            Ok(None) => panic!("the reader ended normally after {got} of 4194304 bytes"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, jobworker::OutputError::Incomplete(_)),
+        "{err:?}"
+    );
+    assert!(
+        got > 0 && got < 1 << 20,
+        "the stored prefix is delivered: {got} bytes"
+    );
+    let status = w.wait(id).await.expect("wait");
+    assert_eq!(
+        status.state,
+        JobState::Exited(0),
+        "the job itself is unaffected"
+    );
+    drop(reader);
+    w.finish().await;
+}

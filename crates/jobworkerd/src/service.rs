@@ -71,6 +71,7 @@ pub fn to_status(err: jobworker::Error) -> Status {
         ShuttingDown => {
             Status::unavailable("the server is shutting down; retry against a running server")
         }
+        Output(jobworker::OutputError::Incomplete(_)) => Status::data_loss(err.to_string()),
         NoSuchUser(_) | Cgroup(_) | Io { .. } | Output(_) => {
             tracing::error!("internal error: {err}");
             Status::internal(format!("the server failed: {err}"))
