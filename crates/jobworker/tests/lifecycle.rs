@@ -37,18 +37,28 @@ async fn stop_leaves_no_process_of_the_job_behind() {
     let id = w
         .start_with(
             sh(&format!(
-                "sleep {marker} & sleep {marker} & echo ready; sleep {marker}"
+                "sleep {marker} & sleep {marker} & sleep {marker} & echo ready; wait"
             )),
             Limits::default(),
         )
         .await;
     w.wait_for_line(id, "ready").await;
-    // The three sleeps, the shell and the init (whose arguments hold the script).
-    assert_eq!(
-        processes_with(marker).len(),
-        5,
-        "the job's processes before the stop"
-    );
+    // Count the sleeps themselves (whether the shell execs the last one depends on the shell),
+    // once each has been exec'd: "ready" can come before the forks have.
+    let sleeps = || {
+        processes_with(marker)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleeps() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sleeps(), 3, "the job's three sleeps before the stop");
     let status = w.stop(id).await.expect("stop");
     assert!(status.stop_requested);
     assert_ne!(status.state, JobState::Running);
