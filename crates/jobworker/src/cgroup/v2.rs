@@ -359,6 +359,23 @@ mod tests {
                     "memory not enabled in {}: {enabled:?}",
                     own.display()
                 );
+                // Job cgroups below the delegated parent get the controllers and their limits.
+                let limits = crate::spec::Limits {
+                    cpus: Some(0.5),
+                    memory_bytes: Some(32 << 20),
+                    pids: Some(16),
+                    ..Default::default()
+                };
+                let job = cgroups
+                    .create("delegated-job", &limits, None)
+                    .expect("create a job cgroup below the delegated parent");
+                let [dir] = job.dirs().try_into().expect("one directory on v2");
+                assert_eq!(dir, jobs.join("delegated-job"));
+                let file = |name: &str| read(dir.join(name)).expect("read limit").trim().to_owned();
+                assert_eq!(file("memory.max"), "33554432");
+                assert_eq!(file("cpu.max"), "50000 100000");
+                assert_eq!(file("pids.max"), "16");
+                job.remove().expect("remove the job cgroup");
                 // Called again from the leaf, a relative parent still lands beside the leaf.
                 let again = Cgroups::detect(Path::new("jobs2")).expect("detect again");
                 assert_eq!(again.parent_dirs(), [own.join("jobs2")]);
