@@ -228,7 +228,7 @@ fn chunk_to_pb(chunk: Chunk) -> pb::StreamOutputResponse {
     };
     pb::StreamOutputResponse {
         stream: stream as i32,
-        data: chunk.data.into(),
+        data: chunk.data,
     }
 }
 
