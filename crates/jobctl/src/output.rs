@@ -84,8 +84,8 @@ impl<'a> JobView<'a> {
             exit_code: status.exit_code,
             signal: status.signal.map(signal_name),
             stop_requested: status.stop_requested,
-            started_at: timestamp(status.started_at_unix_ms),
-            ended_at: status.ended_at_unix_ms.map(timestamp),
+            started_at: timestamp_ms(status.started_at_unix_ms),
+            ended_at: status.ended_at_unix_ms.map(timestamp_ms),
             cpu_time_usec: status.cpu_time_usec,
             peak_memory_bytes: status.peak_memory_bytes,
             limits: LimitsView::of(status.limits.as_ref()),
@@ -256,13 +256,22 @@ fn truncate(text: &str, width: usize) -> String {
     cut
 }
 
-/// Unix milliseconds as RFC 3339 UTC, to the second.
+/// Unix milliseconds as RFC 3339 UTC, to the second: for people.
 fn timestamp(unix_ms: i64) -> String {
-    let time = u64::try_from(unix_ms)
+    humantime::format_rfc3339_seconds(system_time(unix_ms)).to_string()
+}
+
+/// Unix milliseconds as RFC 3339 UTC, to the millisecond: for programs, which compute
+/// durations from them.
+fn timestamp_ms(unix_ms: i64) -> String {
+    humantime::format_rfc3339_millis(system_time(unix_ms)).to_string()
+}
+
+fn system_time(unix_ms: i64) -> std::time::SystemTime {
+    u64::try_from(unix_ms)
         .ok()
         .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
-        .unwrap_or(UNIX_EPOCH);
-    humantime::format_rfc3339_seconds(time).to_string()
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// `1.234s`.
@@ -356,7 +365,7 @@ mod tests {
         assert_eq!(value["exit_code"], 3);
         assert_eq!(value["signal"], serde_json::Value::Null);
         assert_eq!(value["args"], serde_json::json!(["-c", "exit 3"]));
-        assert_eq!(value["started_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["started_at"], "2023-11-14T22:13:20.000Z");
         assert_eq!(value["limits"]["memory_bytes"], 256 << 20);
         assert_eq!(value["limits"]["io_read_bps"], serde_json::Value::Null);
     }
@@ -386,6 +395,7 @@ mod tests {
     #[test]
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(timestamp(1_700_000_000_999), "2023-11-14T22:13:20Z");
+        assert_eq!(timestamp_ms(1_700_000_000_999), "2023-11-14T22:13:20.999Z");
         assert_eq!(timestamp(-5), "1970-01-01T00:00:00Z");
     }
 }
