@@ -414,7 +414,9 @@ fn pump(
     status: File,
 ) -> Option<JobState> {
     let mut outcome = None;
-    let mut buf = LogWriter::frame_buffer();
+    // Allocated at the first output (see `copy_chunk`): a job that prints nothing, such as a
+    // service or a `sleep`, costs the daemon no 64 KiB buffer while it runs.
+    let mut buf = Vec::new();
     let mut write_failed = false;
     let mut fds = [poll_fd(&stdout), poll_fd(&stderr), poll_fd(&status)];
     let mut files = [Some(stdout), Some(stderr), Some(status)];
@@ -469,9 +471,12 @@ fn copy_chunk(
     pipe: &mut File,
     stream: Stream,
     writer: &mut LogWriter,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     write_failed: &mut bool,
 ) -> bool {
+    if buf.is_empty() {
+        *buf = LogWriter::frame_buffer();
+    }
     let n = match pipe.read(&mut buf[LogWriter::PAYLOAD..]) {
         Ok(0) => return false,
         Ok(n) => n,
