@@ -54,9 +54,7 @@ impl JobService {
 }
 
 fn not_found(id: JobId) -> Status {
-    Status::not_found(format!(
-        "job {id} not found (list your jobs with `jobctl list`)"
-    ))
+    Status::not_found(format!("job {id} not found"))
 }
 
 /// The one place where library errors become gRPC status codes.
