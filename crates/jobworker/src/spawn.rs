@@ -5,7 +5,8 @@
 //! locks, no Rust runtime. Everything else — mounts, hostname, network, privileges — happens in
 //! the init after exec (see [`crate::init`]). The child:
 //!
-//! 1. writes `0` to each of the job cgroup's `cgroup.procs` files (which moves the writer
+//! 1. asks for SIGKILL when its parent dies (so a crashed worker takes its jobs along), and
+//!    writes `0` to each of the job cgroup's `cgroup.procs` files (which moves the writer
 //!    itself), so the job is limited before its first instruction;
 //! 2. puts /dev/null, the two output pipes and the status pipe on fds 0-3;
 //! 3. execs the init program.
@@ -144,6 +145,12 @@ unsafe fn child(
 ) -> ! {
     // SAFETY (whole body): raw system calls on descriptors and buffers prepared by the parent.
     unsafe {
+        // If the worker dies (even by SIGKILL), the kernel kills the init and so the whole job:
+        // no job outlives its owner. The "parent" here is the supervisor thread that cloned us,
+        // which lives until it has reaped the init.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+            fail(targets[3], Stage::ExecInit);
+        }
         for &fd in cgroup_procs {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 fail(targets[3], Stage::CgroupAttach);

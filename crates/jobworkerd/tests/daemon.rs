@@ -218,3 +218,95 @@ async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
         );
     }
 }
+
+/// Host processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let made = Command::new(JOBWORKERD)
+        .args(["certs", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .expect("certs init");
+    assert!(made.status.success());
+    let state = dir.path().join("state");
+    let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
+    let mut daemon = serve(&pki, &state, &parent);
+    let config = jobworker_api::tls::client_config(
+        &pki.join("ca.pem"),
+        &pki.join("alice.pem"),
+        &pki.join("alice.key"),
+    )
+    .expect("client config");
+    let mut client = jobworker_api::connect(&format!("https://{}", daemon.addr), config)
+        .await
+        .expect("connect");
+    let marker = "1000.424242";
+    client
+        .start(pb::StartRequest {
+            command: "/bin/sleep".into(),
+            args: vec![marker.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    assert!(processes_with(marker) > 0, "the job runs");
+
+    // A crash: no chance to stop anything.
+    daemon.child.kill().expect("SIGKILL the daemon");
+    daemon.child.wait().expect("reap the daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(marker) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(processes_with(marker), 0, "the job outlived its daemon");
+
+    // Its cgroup is still there (nobody removed it) until the next daemon starts.
+    let find = |name: &str| {
+        let out = Command::new("find")
+            .args([
+                "/sys/fs/cgroup",
+                "-mindepth",
+                "2",
+                "-maxdepth",
+                "6",
+                "-type",
+                "d",
+                "-path",
+            ])
+            .arg(format!("*{name}*"))
+            .output()
+            .expect("find");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        find(&parent) > 0,
+        "the crashed daemon's cgroups are expected to remain"
+    );
+    let mut next = serve(&pki, &state, &parent);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(next.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let exit = next.child.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0));
+    assert_eq!(
+        find(&parent),
+        0,
+        "the next daemon removed the stale job cgroups and its parent"
+    );
+}
