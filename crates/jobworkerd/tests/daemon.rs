@@ -122,8 +122,16 @@ fn serve(pki: &std::path::Path, state: &std::path::Path, parent: &str) -> Daemon
     daemon
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
+/// A dev PKI and state dir in a temporary directory, a daemon with its own cgroup parent, and a
+/// client connected as alice.
+struct Setup {
+    dir: tempfile::TempDir,
+    parent: String,
+    daemon: Daemon,
+    client: jobworker_api::pb::job_worker_client::JobWorkerClient<tonic::transport::Channel>,
+}
+
+async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = dir.path().join("pki");
     let made = Command::new(JOBWORKERD)
@@ -132,19 +140,33 @@ async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
         .output()
         .expect("certs init");
     assert!(made.status.success());
-    let state = dir.path().join("state");
     let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
-    let mut daemon = serve(&pki, &state, &parent);
-
+    let daemon = serve(&pki, &dir.path().join("state"), &parent);
     let config = jobworker_api::tls::client_config(
         &pki.join("ca.pem"),
         &pki.join("alice.pem"),
         &pki.join("alice.key"),
     )
     .expect("client config");
-    let mut client = jobworker_api::connect(&format!("https://{}", daemon.addr), config)
+    let client = jobworker_api::connect(&format!("https://{}", daemon.addr), config)
         .await
         .expect("connect");
+    Setup {
+        dir,
+        parent,
+        daemon,
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
+    let Setup {
+        dir: _dir,
+        parent,
+        mut daemon,
+        mut client,
+    } = setup().await;
     // A job that ignores SIGTERM: the daemon must wait the grace period, then kill it.
     let id = client
         .start(pb::StartRequest {
@@ -234,26 +256,12 @@ fn processes_with(marker: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = dir.path().join("pki");
-    let made = Command::new(JOBWORKERD)
-        .args(["certs", "init", "--dir"])
-        .arg(&pki)
-        .output()
-        .expect("certs init");
-    assert!(made.status.success());
-    let state = dir.path().join("state");
-    let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
-    let mut daemon = serve(&pki, &state, &parent);
-    let config = jobworker_api::tls::client_config(
-        &pki.join("ca.pem"),
-        &pki.join("alice.pem"),
-        &pki.join("alice.key"),
-    )
-    .expect("client config");
-    let mut client = jobworker_api::connect(&format!("https://{}", daemon.addr), config)
-        .await
-        .expect("connect");
+    let Setup {
+        dir,
+        parent,
+        mut daemon,
+        mut client,
+    } = setup().await;
     let marker = "1000.424242";
     client
         .start(pb::StartRequest {
@@ -296,7 +304,7 @@ async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups(
         find(&parent) > 0,
         "the crashed daemon's cgroups are expected to remain"
     );
-    let mut next = serve(&pki, &state, &parent);
+    let mut next = serve(&dir.path().join("pki"), &dir.path().join("state"), &parent);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(next.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
