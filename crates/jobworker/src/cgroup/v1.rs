@@ -15,13 +15,14 @@
 //! and are not throttled; only v2 `io.max` with cgroup writeback limits them.
 
 use std::path::Path;
-
-use super::{
-    CPU_PERIOD_US, CgroupDir, CgroupError, CgroupUsage, Controller, DevNum, Mount, ProcCgroup,
-    cpu_quota_us, read_keyed, read_u64, resolve_parent, write,
-};
-use crate::spec::Limits;
 use std::time::Duration;
+
+use super::device::DevNum;
+use super::error::{CgroupError, io_error, parse_error};
+use super::files::{read_keyed, read_u64, write};
+use super::hierarchy::{CgroupDir, Controller, Mount, ProcCgroup, resolve_parent};
+use super::limits::{CPU_PERIOD_US, CgroupUsage, cpu_quota_us};
+use crate::spec::Limits;
 
 /// The controllers jobs need and their v1 names; all are required.
 const CONTROLLERS: [(Controller, &str); 5] = [
@@ -53,7 +54,7 @@ pub(super) fn prepare(
         let own_path = &own
             .iter()
             .find(|c| c.has_controller(name))
-            .ok_or_else(|| super::parse_error("/proc/self/cgroup", format!("no {name} hierarchy")))?
+            .ok_or_else(|| parse_error("/proc/self/cgroup", format!("no {name} hierarchy")))?
             .path;
         let dir = mount.dir_of(&resolve_parent(parent, own_path)?)?;
         match parents.iter_mut().find(|p| p.path == dir) {
@@ -65,7 +66,7 @@ pub(super) fn prepare(
         }
     }
     for p in &parents {
-        std::fs::create_dir_all(&p.path).map_err(|e| super::io_error("create", &p.path, e))?;
+        std::fs::create_dir_all(&p.path).map_err(|e| io_error("create", &p.path, e))?;
     }
     Ok(parents)
 }

@@ -13,11 +13,12 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{
-    Backoff, CGROUP_MOUNT, CPU_PERIOD_US, CgroupDir, CgroupError, CgroupUsage, Controller, DevNum,
-    Mount, ProcCgroup, cpu_quota_us, create_dir_if_missing, read, read_keyed, read_u64,
-    resolve_parent, write,
-};
+use super::device::DevNum;
+use super::error::{CgroupError, parse_error};
+use super::files::{create_dir_if_missing, read, read_keyed, read_u64, write};
+use super::hierarchy::{CGROUP_MOUNT, CgroupDir, Controller, Mount, ProcCgroup, resolve_parent};
+use super::kill::{Backoff, kill_until_empty};
+use super::limits::{CPU_PERIOD_US, CgroupUsage, cpu_quota_us};
 use crate::spec::Limits;
 
 /// The controllers jobs use and their v2 names. io is optional: some hosts do not offer it, and
@@ -42,13 +43,11 @@ pub(super) fn prepare(
     let mount = mounts
         .iter()
         .find(|m| m.fstype == "cgroup2" && m.mount_point == Path::new(CGROUP_MOUNT))
-        .ok_or_else(|| {
-            super::parse_error("/proc/self/mountinfo", "no cgroup2 mount at /sys/fs/cgroup")
-        })?;
+        .ok_or_else(|| parse_error("/proc/self/mountinfo", "no cgroup2 mount at /sys/fs/cgroup"))?;
     let current = &own
         .iter()
         .find(|c| c.hierarchy == 0)
-        .ok_or_else(|| super::parse_error("/proc/self/cgroup", "no cgroup v2 entry (0::PATH)"))?
+        .ok_or_else(|| parse_error("/proc/self/cgroup", "no cgroup v2 entry (0::PATH)"))?
         .path;
     // A process that already moved into its leaf (an earlier `detect`) counts the leaf's parent,
     // its service cgroup, as its own: repeated calls then agree instead of nesting leaves.
@@ -120,10 +119,10 @@ fn enable(dir: &Path, controllers: &[Controller], own_dir: &Path) -> Result<(), 
     // One write: the kernel applies all of them or none.
     let value = missing.join(" ");
     match write(&file, &value) {
-        Err(e) if e.is_busy() && dir == own_dir => {
+        Err(e) if e.write_errno() == Some(libc::EBUSY) && dir == own_dir => {
             move_into_leaf(own_dir)?;
             write(&file, &value).map_err(|e| {
-                if e.is_busy() {
+                if e.write_errno() == Some(libc::EBUSY) {
                     CgroupError::OwnCgroupBusy {
                         path: own_dir.to_owned(),
                     }
@@ -207,7 +206,7 @@ pub(super) fn kill(dir: &Path, backoff: &mut Backoff) -> Result<(), CgroupError>
     match write(&dir.join("cgroup.kill"), "1") {
         // cgroup.kill arrived in Linux 5.14; before it, signal each listed process.
         Err(CgroupError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            super::kill_until_empty(dir, backoff)
+            kill_until_empty(dir, backoff)
         }
         result => result,
     }
@@ -234,10 +233,10 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::Command;
 
-    use super::super::Cgroups;
+    use super::super::kill::remove_when_empty;
     use super::super::tests::{Reaped, TestParent, host_runs};
+    use super::super::{CgroupVersion, Cgroups};
     use super::*;
-    use crate::cgroup::CgroupVersion;
 
     const VDA: DevNum = DevNum {
         major: 254,
@@ -437,7 +436,7 @@ mod tests {
             own.join(DAEMON_LEAF),
             own.clone(),
         ] {
-            let _ = super::super::remove_when_empty(&dir, &mut super::super::Backoff::new());
+            let _ = remove_when_empty(&dir, &mut Backoff::new());
         }
         assert!(
             output.status.success(),
