@@ -315,7 +315,7 @@ fn start(launch: Launch) -> Result<Running, Error> {
         )
     })?;
     // Dropped (and so removed) on every early return below.
-    let cgroup = cgroups.create(&id.to_string(), &limits, io_device)?;
+    let cgroup = cgroups.create(&id.to_string(), &limits, io_device.as_slice())?;
     let spawned = spawn::spawn(&init, &cgroup.procs_fds())
         .map_err(|e| Error::io("cannot create the job's process", e))?;
     let mut status = spawned.status;

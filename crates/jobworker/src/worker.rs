@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::cgroup::{self, CgroupVersion, Cgroups};
+use crate::cgroup::{self, CgroupVersion, Cgroups, ParentLimits};
 use crate::init::INIT_ARG0;
 use crate::job::{self, Job, JobId, JobStatus, Launch};
 use crate::output::{OutputReader, StreamFilter};
@@ -102,7 +102,7 @@ impl Worker {
                 )
             })?;
         remove_stale_logs(&config.state_dir)?;
-        let cgroups = Cgroups::detect(&config.cgroup_parent)?;
+        let cgroups = Cgroups::detect(&config.cgroup_parent, &ParentLimits::default())?;
         let stale = cgroups.remove_stale()?;
         if stale > 0 {
             tracing::warn!(count = stale, "removed job cgroups left by an earlier run");

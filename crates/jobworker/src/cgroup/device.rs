@@ -11,7 +11,8 @@ use super::error::{CgroupError, io_error, parse_error};
 use super::files::read;
 
 /// A block device number, whole disk (not a partition).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered so that a list of devices can be sorted and deduplicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct DevNum {
     /// The device's major number.
     pub major: u32,

@@ -74,6 +74,43 @@ pub enum CgroupError {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// An aggregate limit for the parent of job cgroups is out of range.
+    #[error("invalid limit for the job cgroup parent: {0}")]
+    InvalidParentLimit(String),
+    /// cgroup v1 could not bring the parent's memory use under a lower limit: what its jobs
+    /// hold cannot be reclaimed (the kernel answered EBUSY). The earlier limit stays.
+    #[error(
+        "cannot lower the memory limit of {path} to {limit} bytes: its jobs use more than that \
+         and the kernel cannot reclaim it; stop jobs or choose a higher limit"
+    )]
+    ParentMemoryBelowUsage {
+        /// The parent's directory in the memory hierarchy.
+        path: PathBuf,
+        /// The limit asked for.
+        limit: u64,
+    },
+    /// cgroup v1 refuses a parent a smaller CFS quota than one of its children has (EINVAL).
+    #[error(
+        "cannot limit {path} to {cpus} cpus: a job cgroup below it has a larger cpu limit, which \
+         cgroup v1 refuses; stop that job or give the parent more cpus"
+    )]
+    ParentCpuBelowJob {
+        /// The parent's directory in the cpu hierarchy.
+        path: PathBuf,
+        /// The parent's limit asked for.
+        cpus: f64,
+    },
+    /// cgroup v1 refuses a job a larger CFS quota than its parent's (EINVAL).
+    #[error(
+        "cannot limit {path} to {cpus} cpus: that is more than the cpu limit of the job cgroup \
+         parent, which cgroup v1 refuses; ask for at most the parent's cpus"
+    )]
+    JobCpuAboveParent {
+        /// The job's directory in the cpu hierarchy.
+        path: PathBuf,
+        /// The job's limit asked for.
+        cpus: f64,
+    },
     /// A job cgroup name is not a single plain path component.
     #[error("invalid job cgroup name {0:?}: it must be one path component without '/'")]
     InvalidName(String),
@@ -95,8 +132,11 @@ pub enum CgroupError {
         /// The daemon's cgroup directory.
         path: PathBuf,
     },
-    /// IO limits were requested without the block device they apply to.
-    #[error("io limits need the block device of the job's working directory, and none was given")]
+    /// IO limits were requested without a block device they apply to.
+    #[error(
+        "io limits need the block devices of the job's filesystem view, and none was given; \
+         derive them from the job's paths (block_device_of)"
+    )]
     NoIoDevice,
     /// The filesystem holding a path has no block device to throttle.
     #[error(

@@ -1,16 +1,17 @@
 //! Job cgroups: one directory per job (one per hierarchy on cgroup v1) that carries the job's
-//! limits, accounts what it used and lets the worker kill everything the job started.
+//! limits, accounts what it used and lets the worker kill everything the job started; all of
+//! them below one parent, whose own limits bound the jobs together.
 //!
 //! # Layout
 //! - `mod.rs` (this file): what the rest of the crate uses. [`Cgroups`] is the parent of job
-//!   cgroups (detect it, create job cgroups, remove those a crashed run left); [`JobCgroup`] is
+//!   cgroups (detect and limit it, create job cgroups, remove those a crashed run left); [`JobCgroup`] is
 //!   one job's cgroup (placing the first process, usage, kill, removal). [`CgroupVersion`] is
 //!   the one abstraction: a few `match`es on it pick the version's function.
 //! - `v1.rs`, `v2.rs`: what differs between the versions: where the parent lives and how it is
 //!   prepared, which files limits go to, and which files usage comes from.
 //! - `hierarchy.rs`: where the hierarchies are mounted, this process's own cgroups, and the
 //!   parent resolved from the configured one.
-//! - `limits.rs`: [`CgroupUsage`] and the CPU quota arithmetic.
+//! - `limits.rs`: [`ParentLimits`], [`CgroupUsage`] and the CPU quota arithmetic.
 //! - `files.rs`: reading and writing cgroupfs files.
 //! - `kill.rs`: killing every process of a cgroup, and removing a cgroup once it is empty.
 //! - `device.rs`: [`DevNum`] and [`block_device_of`], the disks IO limits apply to.
@@ -43,7 +44,7 @@ use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
 pub(crate) use self::device::{DevNum, block_device_of};
 pub use self::error::CgroupError;
-pub(crate) use self::limits::CgroupUsage;
+pub(crate) use self::limits::{CgroupUsage, ParentLimits};
 
 use self::error::io_error;
 use self::files::{child_dir_names, read};
@@ -70,14 +71,23 @@ pub(crate) struct Cgroups {
 }
 
 impl Cgroups {
-    /// Detects v1 or v2 and prepares the parent of job cgroups.
+    /// Detects v1 or v2, prepares the parent of job cgroups and writes `limits` on it.
     ///
     /// A relative `parent` is taken relative to this process's own cgroup (per hierarchy on v1),
     /// an absolute one relative to each hierarchy's root. Either way it must not be the daemon's
-    /// own cgroup or one of its ancestors: clean-up kills everything below the parent. On v2 this
-    /// enables the controllers on every ancestor of the parent and may move this process into
-    /// `<own cgroup>/daemon` (see `v2.rs`). Meant to be called once per process.
-    pub(crate) fn detect(parent: &Path) -> Result<Cgroups, CgroupError> {
+    /// own cgroup or one of its ancestors: the worker kills what it finds below the parent. On
+    /// v2 this enables the controllers on every ancestor of the parent and may move this process
+    /// into `<own cgroup>/daemon` (see `v2.rs`).
+    ///
+    /// The parent may already exist, with jobs of an earlier run still in it: it is reused and
+    /// `limits` are applied again, every one of them (an unset limit is written as "max"), so
+    /// nothing set by an earlier run with other settings sticks. What the kernel refuses while
+    /// jobs run is a typed error: on v1 a memory limit below what the jobs hold
+    /// ([`CgroupError::ParentMemoryBelowUsage`]) or cpus below a job's
+    /// ([`CgroupError::ParentCpuBelowJob`]). On v2 a lower memory limit makes the kernel reclaim
+    /// and then OOM-kill jobs until their usage fits.
+    pub(crate) fn detect(parent: &Path, limits: &ParentLimits) -> Result<Cgroups, CgroupError> {
+        limits.validate()?;
         let version = host_version()?;
         let mounts = parse_mountinfo(&read("/proc/self/mountinfo")?);
         let own = parse_proc_cgroup(&read("/proc/self/cgroup")?)?;
@@ -85,7 +95,11 @@ impl Cgroups {
             CgroupVersion::V1 => v1::prepare(parent, &mounts, &own)?,
             CgroupVersion::V2 => v2::prepare(parent, &mounts, &own)?,
         };
-        tracing::debug!(?version, parents = ?parents, "job cgroup parent ready");
+        match version {
+            CgroupVersion::V1 => v1::write_parent_limits(&parents, limits)?,
+            CgroupVersion::V2 => v2::write_parent_limits(&parents, limits)?,
+        }
+        tracing::debug!(?version, parents = ?parents, ?limits, "job cgroup parent ready");
         Ok(Cgroups { version, parents })
     }
 
@@ -137,19 +151,26 @@ impl Cgroups {
     }
 
     /// Creates `<parent>/<name>` (in each hierarchy on v1), writes the limits and opens the
-    /// `cgroup.procs` files the spawner moves the job with. On any failure whatever was created
-    /// is removed before the error is returned.
+    /// `cgroup.procs` files the spawner moves the job with. IO limits apply to each distinct
+    /// device of `io_devices` (whole disks, see [`block_device_of`]); IO limits without a device
+    /// are refused.
+    ///
+    /// On v1 a job's cpus must not exceed the parent's ([`CgroupError::JobCpuAboveParent`]).
+    /// On any failure whatever was created is removed before the error is returned.
     pub(crate) fn create(
         &self,
         name: &str,
         limits: &Limits,
-        io_device: Option<DevNum>,
+        io_devices: &[DevNum],
     ) -> Result<JobCgroup, CgroupError> {
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
             return Err(CgroupError::InvalidName(name.to_owned()));
         }
+        let mut devices = io_devices.to_vec();
+        devices.sort_unstable();
+        devices.dedup();
         if limits.has_io() {
-            if io_device.is_none() {
+            if devices.is_empty() {
                 return Err(CgroupError::NoIoDevice);
             }
             // Only v2 can lack it (v1 requires blkio at detection).
@@ -183,8 +204,8 @@ impl Cgroups {
         }
         for dir in &job.dirs {
             match self.version {
-                CgroupVersion::V1 => v1::write_limits(dir, limits, io_device)?,
-                CgroupVersion::V2 => v2::write_limits(dir, limits, io_device)?,
+                CgroupVersion::V1 => v1::write_limits(dir, limits, &devices)?,
+                CgroupVersion::V2 => v2::write_limits(dir, limits, &devices)?,
             }
         }
         for dir in &job.dirs {

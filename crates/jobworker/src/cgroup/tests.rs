@@ -8,11 +8,18 @@ use std::ffi::OsStr;
 use std::io;
 use std::ops::Deref;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::files::{read_pids, write};
 use super::*;
+
+/// How long a test waits for the kernel to do something it must do (a kill, an OOM kill, a
+/// process touching its memory) before failing: generous, the machines are loaded.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between polls while waiting for such a change.
+const POLL: Duration = Duration::from_millis(10);
 
 /// The version `JOBWORKER_EXPECT_CGROUP` says the host runs, if set.
 fn expected_version() -> Option<CgroupVersion> {
@@ -50,8 +57,13 @@ pub(super) struct TestParent {
 }
 
 impl TestParent {
-    /// Detects the hierarchy with a fresh `jobworker-test-<uuid>` parent.
+    /// Detects the hierarchy with a fresh `jobworker-test-<uuid>` parent without limits.
     pub(super) fn new() -> TestParent {
+        TestParent::with_limits(&ParentLimits::default())
+    }
+
+    /// Detects the hierarchy with a fresh `jobworker-test-<uuid>` parent limited to `limits`.
+    pub(super) fn with_limits(limits: &ParentLimits) -> TestParent {
         if let Some(expected) = expected_version() {
             assert_eq!(
                 host_version().expect("statfs"),
@@ -60,9 +72,25 @@ impl TestParent {
             );
         }
         let name = format!("jobworker-test-{}", uuid::Uuid::new_v4());
-        let cgroups =
-            Cgroups::detect(Path::new(&name)).unwrap_or_else(|e| panic!("detect({name}): {e}"));
+        let cgroups = Cgroups::detect(Path::new(&name), limits)
+            .unwrap_or_else(|e| panic!("detect({name}): {e}"));
         TestParent { cgroups, name }
+    }
+
+    /// Detects the same parent again, as a restarted daemon does.
+    fn detect_again(&self, limits: &ParentLimits) -> Result<Cgroups, CgroupError> {
+        Cgroups::detect(Path::new(&self.name), limits)
+    }
+
+    /// The content of `file` in whichever parent directory has it, trimmed.
+    fn file(&self, file: &str) -> String {
+        let path = self
+            .parent_dirs()
+            .into_iter()
+            .map(|d| d.join(file))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no parent directory has {file}"));
+        read(&path).expect("read parent file").trim().to_owned()
     }
 }
 
@@ -100,25 +128,35 @@ fn all_limits() -> Limits {
     }
 }
 
-/// A whole disk for IO-limit tests: the one under `/`, else the first disk in /sys/block
-/// (a QEMU guest whose root is an initramfs has its scratch disk there).
-fn test_disk() -> DevNum {
-    if let Ok(disk) = block_device_of(Path::new("/")) {
-        return disk;
-    }
-    for entry in fs::read_dir("/sys/block").expect("list /sys/block") {
-        let path = entry.expect("list /sys/block").path();
+/// Up to `n` distinct whole disks for IO-limit tests: the one under `/` first, then others
+/// from /sys/block (a QEMU guest whose root is an initramfs has its scratch disk there; the
+/// host has loop devices, which accept throttles even when unbound).
+fn test_disks(n: usize) -> Vec<DevNum> {
+    let mut disks: Vec<DevNum> = block_device_of(Path::new("/")).into_iter().collect();
+    let mut entries: Vec<PathBuf> = fs::read_dir("/sys/block")
+        .expect("list /sys/block")
+        .map(|e| e.expect("list /sys/block").path())
+        .collect();
+    entries.sort();
+    for path in entries {
         let name = path
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        if ["loop", "ram", "zram"].iter().all(|p| !name.starts_with(p)) {
-            return DevNum::parse(&read(path.join("dev")).expect("read dev"), &path)
-                .expect("parse dev");
+        // RAM-backed disks may refuse throttles.
+        if ["ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let dev =
+            DevNum::parse(&read(path.join("dev")).expect("read dev"), &path).expect("parse dev");
+        if !disks.contains(&dev) {
+            disks.push(dev);
         }
     }
-    panic!("no block device for io limit tests: attach a disk");
+    assert!(!disks.is_empty(), "no block device for io limit tests");
+    disks.truncate(n);
+    disks
 }
 
 /// The content of `file` in whichever of the job's directories has it, trimmed.
@@ -135,11 +173,68 @@ fn job_file(job: &JobCgroup, file: &str) -> String {
 /// A child process killed and reaped when the test ends, passed or not.
 pub(super) struct Reaped(pub(super) Child);
 
+impl Reaped {
+    /// Waits for the child to end, failing the test after [`DEADLINE`].
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the child did not end in time");
+            thread::sleep(POLL);
+        }
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         // Already reaped by the test in the common case: both calls then fail harmlessly.
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A process forked from the test process (no exec); killed and reaped when the test ends.
+pub(super) struct Forked(pub(super) i32);
+
+impl Forked {
+    /// Waits for the child to end, failing the test after [`DEADLINE`]: the signal that killed
+    /// it, or `None` if it exited.
+    pub(super) fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(signal) = self.try_wait() {
+                return signal;
+            }
+            assert!(Instant::now() < deadline, "process {} did not end", self.0);
+            thread::sleep(POLL);
+        }
+    }
+
+    /// `Some(how it ended)` once the child has ended (see [`Forked::wait`]), else `None`.
+    fn try_wait(&mut self) -> Option<Option<i32>> {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, with a valid pointer for the status.
+        let ret = unsafe { libc::waitpid(self.0, &mut status, libc::WNOHANG) };
+        assert!(ret >= 0, "waitpid: {}", io::Error::last_os_error());
+        if ret == 0 {
+            return None;
+        }
+        self.0 = 0;
+        Some(libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)))
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: kill and waitpid on our own unreaped child.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), 0);
+            }
+        }
     }
 }
 
@@ -166,6 +261,85 @@ fn spawn_in(job: &JobCgroup, program: &str, args: &[&str]) -> Reaped {
     )
 }
 
+/// Forks a process into `job` that touches `bytes` of anonymous memory, then waits to be
+/// killed; returns once the job is charged for them. Its memory cannot be reclaimed (no swap),
+/// which is what memory limit tests need.
+fn fork_holding(job: &JobCgroup, bytes: usize) -> Forked {
+    let child = fork_touching(job, bytes);
+    let deadline = Instant::now() + DEADLINE;
+    while memory_charged(job) < bytes as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the job never held {bytes} bytes"
+        );
+        thread::sleep(POLL);
+    }
+    child
+}
+
+/// Forks a process into `job` that touches `bytes` of anonymous memory, then waits to be
+/// killed; returns at once.
+fn fork_touching(job: &JobCgroup, bytes: usize) -> Forked {
+    let fds = job.procs_fds();
+    // SAFETY: an anonymous private mapping; checked below.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        mem,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        io::Error::last_os_error()
+    );
+    // SAFETY: the child only calls write, pause and _exit (async-signal-safe) and stores to the
+    // mapping made above; it reads a Vec allocated before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; the pages are touched only after joining, so the job pays for them.
+        unsafe {
+            for &fd in &fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(1);
+                }
+            }
+            let base = mem.cast::<u8>();
+            for offset in (0..bytes).step_by(4096) {
+                base.add(offset).write_volatile(1);
+            }
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    // SAFETY: our own mapping; the parent never touched it.
+    unsafe { libc::munmap(mem, bytes) };
+    assert!(pid > 0, "fork: {}", io::Error::last_os_error());
+    Forked(pid)
+}
+
+/// The memory the job is charged for now.
+fn memory_charged(job: &JobCgroup) -> u64 {
+    ["memory.usage_in_bytes", "memory.current"]
+        .iter()
+        .flat_map(|f| job.dirs().into_iter().map(move |d| d.join(f)))
+        .find(|p| p.exists())
+        .map(|p| {
+            read(&p)
+                .expect("read memory usage")
+                .trim()
+                .parse()
+                .expect("a number")
+        })
+        .expect("no memory usage file")
+}
+
 /// The process's pid as cgroup.procs lists it.
 fn pid(child: &Reaped) -> i32 {
     i32::try_from(child.0.id()).expect("pid fits i32")
@@ -177,6 +351,11 @@ fn wait_for_members(dir: &Path, n: usize) {
     while read_pids(dir).expect("read cgroup.procs").len() < n {
         assert!(backoff.wait(), "{} never had {n} processes", dir.display());
     }
+}
+
+/// True for values the kernel shows for "no limit" in v1 byte files (PAGE_COUNTER_MAX pages).
+fn is_unlimited_bytes(value: &str) -> bool {
+    value.parse::<u64>().is_ok_and(|v| v >= 1 << 62)
 }
 
 #[test]
@@ -242,7 +421,7 @@ fn parents_at_or_above_the_own_cgroup_are_refused() {
     let own = parse_proc_cgroup(&read("/proc/self/cgroup").expect("read")).expect("parse");
     refused.extend(own.iter().map(|c| c.path.to_string_lossy().into_owned()));
     for parent in refused {
-        match Cgroups::detect(Path::new(&parent)) {
+        match Cgroups::detect(Path::new(&parent), &ParentLimits::default()) {
             Err(CgroupError::InvalidParent { .. }) => {}
             other => panic!("parent {parent:?} gave {other:?}"),
         }
@@ -250,11 +429,200 @@ fn parents_at_or_above_the_own_cgroup_are_refused() {
 }
 
 #[test]
+fn parent_limits_are_written_to_the_parent() {
+    let limits = ParentLimits {
+        memory_bytes: Some(256 << 20),
+        cpus: Some(1.5),
+        pids: Some(100),
+    };
+    let parent = TestParent::with_limits(&limits);
+    let expected: Vec<(&str, &str)> = match parent.version() {
+        CgroupVersion::V1 => {
+            let swap = if parent
+                .parent_dirs()
+                .iter()
+                .any(|d| d.join("memory.memsw.limit_in_bytes").exists())
+            {
+                ("memory.memsw.limit_in_bytes", "268435456")
+            } else {
+                ("memory.swappiness", "0")
+            };
+            vec![
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "150000"),
+                ("memory.limit_in_bytes", "268435456"),
+                swap,
+                ("pids.max", "100"),
+            ]
+        }
+        CgroupVersion::V2 => {
+            let mut expected = vec![
+                ("cpu.max", "150000 100000"),
+                ("memory.max", "268435456"),
+                ("pids.max", "100"),
+            ];
+            if parent.parent_dirs()[0].join("memory.swap.max").exists() {
+                expected.push(("memory.swap.max", "0"));
+            }
+            expected
+        }
+    };
+    for (file, value) in expected {
+        assert_eq!(parent.file(file), value, "{file}");
+    }
+}
+
+#[test]
+fn detecting_again_reapplies_every_parent_limit_including_unset_ones() {
+    let first = ParentLimits {
+        memory_bytes: Some(256 << 20),
+        cpus: Some(1.5),
+        pids: Some(100),
+    };
+    let parent = TestParent::with_limits(&first);
+    // A restart with other settings: a higher memory limit, fewer cpus, no pids limit.
+    let second = ParentLimits {
+        memory_bytes: Some(512 << 20),
+        cpus: Some(0.5),
+        pids: None,
+    };
+    parent
+        .detect_again(&second)
+        .expect("detect with new limits");
+    match parent.version() {
+        CgroupVersion::V1 => {
+            assert_eq!(parent.file("memory.limit_in_bytes"), "536870912");
+            if parent
+                .parent_dirs()
+                .iter()
+                .any(|d| d.join("memory.memsw.limit_in_bytes").exists())
+            {
+                assert_eq!(parent.file("memory.memsw.limit_in_bytes"), "536870912");
+            }
+            assert_eq!(parent.file("cpu.cfs_quota_us"), "50000");
+        }
+        CgroupVersion::V2 => {
+            assert_eq!(parent.file("memory.max"), "536870912");
+            assert_eq!(parent.file("cpu.max"), "50000 100000");
+        }
+    }
+    assert_eq!(parent.file("pids.max"), "max");
+    // And with nothing set, nothing of the earlier runs sticks.
+    parent
+        .detect_again(&ParentLimits::default())
+        .expect("detect without limits");
+    match parent.version() {
+        CgroupVersion::V1 => {
+            let memory = parent.file("memory.limit_in_bytes");
+            assert!(
+                is_unlimited_bytes(&memory),
+                "memory.limit_in_bytes {memory}"
+            );
+            if parent
+                .parent_dirs()
+                .iter()
+                .any(|d| d.join("memory.memsw.limit_in_bytes").exists())
+            {
+                let memsw = parent.file("memory.memsw.limit_in_bytes");
+                assert!(is_unlimited_bytes(&memsw), "memsw {memsw}");
+            }
+            assert_eq!(parent.file("cpu.cfs_quota_us"), "-1");
+        }
+        CgroupVersion::V2 => {
+            assert_eq!(parent.file("memory.max"), "max");
+            assert_eq!(parent.file("cpu.max"), "max 100000");
+            if parent.parent_dirs()[0].join("memory.swap.max").exists() {
+                assert_eq!(parent.file("memory.swap.max"), "max");
+            }
+        }
+    }
+    assert_eq!(parent.file("pids.max"), "max");
+}
+
+#[test]
+fn out_of_range_parent_limits_are_refused_before_anything_is_written() {
+    let limits = ParentLimits {
+        cpus: Some(0.0),
+        ..ParentLimits::default()
+    };
+    let result = Cgroups::detect(Path::new("jobworker-test-never-created"), &limits);
+    assert!(
+        matches!(result, Err(CgroupError::InvalidParentLimit(_))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn jobs_together_are_bounded_by_the_parent_memory_limit() {
+    let limit: u64 = 48 << 20;
+    let parent = TestParent::with_limits(&ParentLimits {
+        memory_bytes: Some(limit),
+        ..ParentLimits::default()
+    });
+    // Each job alone fits under the parent's limit and has none of its own; together they
+    // do not fit.
+    let a = parent
+        .create("a", &Limits::default(), &[])
+        .expect("create a");
+    let b = parent
+        .create("b", &Limits::default(), &[])
+        .expect("create b");
+    let mut first = fork_holding(&a, 32 << 20);
+    // The second cannot finish touching its memory: whichever the OOM killer picks dies.
+    let mut second = fork_touching(&b, 32 << 20);
+    let deadline = Instant::now() + DEADLINE;
+    let killed = loop {
+        if let Some(how) = first.try_wait() {
+            break how;
+        }
+        if let Some(how) = second.try_wait() {
+            break how;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two 32 MiB jobs ran together under a {limit} byte parent"
+        );
+        thread::sleep(POLL);
+    };
+    assert_eq!(killed, Some(libc::SIGKILL), "a holder ended otherwise");
+    // Neither job has a limit of its own: only the parent's can have OOM-killed one.
+    let kills = a.usage().oom_kills + b.usage().oom_kills;
+    // One kill frees enough; a second is possible only under a race with the first's exit.
+    assert!(
+        (1..=2).contains(&kills),
+        "OOM kills counted by the jobs: {kills}"
+    );
+    let memory_dir = parent
+        .parent_dirs()
+        .into_iter()
+        .find(|d| d.join("memory.stat").exists())
+        .expect("a parent directory with memory files");
+    let peak = match parent.version() {
+        CgroupVersion::V1 => files::read_u64(&memory_dir.join("memory.max_usage_in_bytes")),
+        CgroupVersion::V2 => {
+            // v2 also counts the kill in the parent (events are hierarchical; v1's are not).
+            let events = memory_dir.join("memory.events");
+            let parent_kills = files::read_keyed(&events, "oom_kill");
+            assert!(
+                parent_kills >= Some(1),
+                "parent memory.events: {parent_kills:?}"
+            );
+            // memory.peak arrived in Linux 5.19.
+            files::read_u64(&memory_dir.join("memory.peak"))
+        }
+    };
+    if let Some(peak) = peak {
+        assert!(peak <= limit, "the jobs together used {peak} bytes");
+    }
+    eprintln!("measured: parent peak {peak:?} of {limit} bytes, {kills} OOM kill");
+}
+
+#[test]
 fn create_writes_every_limit() {
     let parent = TestParent::new();
-    let disk = test_disk();
+    let [disk] = test_disks(1).try_into().expect("one disk");
     let job = parent
-        .create("job", &all_limits(), Some(disk))
+        .create("job", &all_limits(), &[disk])
         .expect("create");
     let expected: Vec<(&str, String)> = match parent.version() {
         CgroupVersion::V1 => {
@@ -305,7 +673,7 @@ fn create_writes_every_limit() {
 fn create_without_limits_keeps_the_kernel_defaults() {
     let parent = TestParent::new();
     let job = parent
-        .create("job", &Limits::default(), None)
+        .create("job", &Limits::default(), &[])
         .expect("create");
     let expected = match parent.version() {
         CgroupVersion::V1 => [
@@ -326,10 +694,40 @@ fn create_without_limits_keeps_the_kernel_defaults() {
 }
 
 #[test]
+fn io_limits_apply_to_each_distinct_device_once() {
+    let parent = TestParent::new();
+    let disks = test_disks(2);
+    // The same disk twice (two bind mounts of one filesystem) must give one line.
+    let mut given = disks.clone();
+    given.push(disks[0]);
+    let limits = Limits {
+        io_read_bps: Some(1 << 20),
+        ..Limits::default()
+    };
+    let job = parent.create("job", &limits, &given).expect("create");
+    let (file, per_disk): (&str, fn(&DevNum) -> String) = match parent.version() {
+        CgroupVersion::V1 => ("blkio.throttle.read_bps_device", |d| format!("{d} 1048576")),
+        // The kernel lists every key of a device's line, the unset ones as "max".
+        CgroupVersion::V2 => ("io.max", |d| {
+            format!("{d} rbps=1048576 wbps=max riops=max wiops=max")
+        }),
+    };
+    let mut lines: Vec<String> = job_file(&job, file).lines().map(str::to_owned).collect();
+    lines.sort();
+    let mut expected: Vec<String> = disks.iter().map(per_disk).collect();
+    expected.sort();
+    assert_eq!(lines, expected, "{file} with disks {disks:?}");
+    if disks.len() < 2 {
+        eprintln!("only one disk here ({disks:?}): checked de-duplication only");
+    }
+    job.remove().expect("remove");
+}
+
+#[test]
 fn writing_0_to_the_procs_fds_joins_every_job_directory() {
     let parent = TestParent::new();
     let job = parent
-        .create("job", &Limits::default(), None)
+        .create("job", &Limits::default(), &[])
         .expect("create");
     let mut child = spawn_in(&job, "sleep", &["1000"]);
     for dir in job.dirs() {
@@ -337,7 +735,7 @@ fn writing_0_to_the_procs_fds_joins_every_job_directory() {
         assert_eq!(members, [pid(&child)], "{}", dir.display());
     }
     job.kill().expect("kill");
-    assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
     job.remove().expect("remove");
 }
 
@@ -345,13 +743,13 @@ fn writing_0_to_the_procs_fds_joins_every_job_directory() {
 fn kill_then_remove_leaves_no_directory() {
     let parent = TestParent::new();
     let job = parent
-        .create("job", &Limits::default(), None)
+        .create("job", &Limits::default(), &[])
         .expect("create");
     let mut child = spawn_in(&job, "sh", &["-c", "sleep 1000 & sleep 1000 & wait"]);
     let dirs = job.dirs();
     wait_for_members(&dirs[0], 3);
     job.kill().expect("kill");
-    assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
     job.remove().expect("remove");
     for dir in dirs {
         assert!(!dir.exists(), "{} is left", dir.display());
@@ -362,12 +760,12 @@ fn kill_then_remove_leaves_no_directory() {
 fn dropping_a_job_cgroup_kills_and_removes_it() {
     let parent = TestParent::new();
     let job = parent
-        .create("job", &Limits::default(), None)
+        .create("job", &Limits::default(), &[])
         .expect("create");
     let mut child = spawn_in(&job, "sleep", &["1000"]);
     let dirs = job.dirs();
     drop(job);
-    assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
     for dir in dirs {
         assert!(!dir.exists(), "{} is left", dir.display());
     }
@@ -392,9 +790,11 @@ fn remove_stale_kills_leftover_processes_and_removes_their_cgroups() {
         fs::create_dir(dir).expect("create leftover");
         write(&dir.join("cgroup.procs"), &pid(&child).to_string()).expect("attach");
     }
-    let restarted = Cgroups::detect(Path::new(&parent.name)).expect("detect again");
+    let restarted = parent
+        .detect_again(&ParentLimits::default())
+        .expect("detect again");
     assert_eq!(restarted.remove_stale().expect("remove_stale"), 1);
-    assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
     for dir in leftovers {
         assert!(!dir.exists(), "{} is left", dir.display());
     }
@@ -405,7 +805,7 @@ fn a_limit_the_kernel_rejects_leaves_no_directory() {
     let parent = TestParent::new();
     let no_such_disk = DevNum { major: 0, minor: 0 };
     let err = parent
-        .create("job", &all_limits(), Some(no_such_disk))
+        .create("job", &all_limits(), &[no_such_disk])
         .expect_err("device 0:0 accepted");
     match &err {
         CgroupError::Write { path, value, .. } => {
@@ -431,7 +831,7 @@ fn a_limit_the_kernel_rejects_leaves_no_directory() {
 fn io_limits_without_a_device_are_refused_before_anything_is_created() {
     let parent = TestParent::new();
     let err = parent
-        .create("job", &all_limits(), None)
+        .create("job", &all_limits(), &[])
         .expect_err("accepted");
     assert!(matches!(err, CgroupError::NoIoDevice), "{err:?}");
     for dir in parent.parent_dirs() {
@@ -447,7 +847,7 @@ fn io_limits_without_a_device_are_refused_before_anything_is_created() {
 fn job_names_must_be_one_plain_component() {
     let parent = TestParent::new();
     for name in ["", ".", "..", "a/b", "../escape"] {
-        let result = parent.create(name, &Limits::default(), None);
+        let result = parent.create(name, &Limits::default(), &[]);
         assert!(
             matches!(result, Err(CgroupError::InvalidName(_))),
             "{name:?}: {result:?}"
@@ -459,9 +859,9 @@ fn job_names_must_be_one_plain_component() {
 fn an_existing_job_cgroup_is_neither_reused_nor_removed() {
     let parent = TestParent::new();
     let first = parent
-        .create("job", &Limits::default(), None)
+        .create("job", &Limits::default(), &[])
         .expect("create");
-    let second = parent.create("job", &Limits::default(), None);
+    let second = parent.create("job", &Limits::default(), &[]);
     assert!(
         matches!(second, Err(CgroupError::Io { op: "create", .. })),
         "{second:?}"
@@ -476,11 +876,11 @@ fn an_existing_job_cgroup_is_neither_reused_nor_removed() {
 fn usage_reports_cpu_time_and_peak_memory() {
     let parent = TestParent::new();
     let job = parent
-        .create("job", &Limits::default(), None)
+        .create("job", &Limits::default(), &[])
         .expect("create");
     let script = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done";
     let mut child = spawn_in(&job, "sh", &["-c", script]);
-    assert!(child.0.wait().expect("wait").success());
+    assert!(child.wait().success());
     let usage = job.usage();
     assert!(usage.cpu_time >= Duration::from_millis(20), "{usage:?}");
     assert!(usage.cpu_time < Duration::from_secs(60), "{usage:?}");
@@ -504,15 +904,107 @@ fn an_oom_kill_is_counted() {
         memory_bytes: Some(16 << 20),
         ..Limits::default()
     };
-    let job = parent.create("job", &limits, None).expect("create");
+    let job = parent.create("job", &limits, &[]).expect("create");
     // tail keeps the last lines, and /dev/zero has no line end: it grows until killed.
     let mut child = spawn_in(&job, "tail", &["/dev/zero"]);
-    assert_eq!(child.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
     let usage = job.usage();
     assert_eq!(usage.oom_kills, 1, "{usage:?}");
     assert!(
         usage.peak_memory_bytes.is_none_or(|b| b <= 16 << 20),
         "{usage:?}"
     );
+    job.remove().expect("remove");
+}
+
+#[test]
+fn lowering_the_parent_memory_below_what_jobs_hold() {
+    let parent = TestParent::new();
+    let job = parent
+        .create("job", &Limits::default(), &[])
+        .expect("create");
+    let mut holder = fork_holding(&job, 32 << 20);
+    let lower = ParentLimits {
+        memory_bytes: Some(16 << 20),
+        ..ParentLimits::default()
+    };
+    let result = parent.detect_again(&lower);
+    match parent.version() {
+        // v1 cannot reclaim anonymous memory without swap: the write fails, nothing changes.
+        CgroupVersion::V1 => {
+            match &result {
+                Err(e @ CgroupError::ParentMemoryBelowUsage { limit, .. }) => {
+                    assert_eq!(*limit, 16 << 20);
+                    assert!(e.to_string().contains("stop jobs"), "{e}");
+                }
+                other => panic!("expected ParentMemoryBelowUsage, got {other:?}"),
+            }
+            let memory = parent.file("memory.limit_in_bytes");
+            assert!(is_unlimited_bytes(&memory), "the limit changed: {memory}");
+            assert_eq!(holder.try_wait(), None, "the holder died");
+        }
+        // v2 accepts the limit and OOM-kills in the subtree until the usage fits.
+        CgroupVersion::V2 => {
+            result.expect("detect with a lower limit");
+            assert_eq!(parent.file("memory.max"), "16777216");
+            assert_eq!(holder.wait(), Some(libc::SIGKILL));
+            assert_eq!(job.usage().oom_kills, 1);
+        }
+    }
+}
+
+#[test]
+fn cpu_limits_of_jobs_and_their_parent() {
+    let parent = TestParent::with_limits(&ParentLimits {
+        cpus: Some(1.0),
+        ..ParentLimits::default()
+    });
+    let more = Limits {
+        cpus: Some(2.0),
+        ..Limits::default()
+    };
+    let result = parent.create("greedy", &more, &[]);
+    match parent.version() {
+        // v1 compares quotas down the tree: more than the parent is refused, and leaves
+        // nothing behind.
+        CgroupVersion::V1 => {
+            assert!(
+                matches!(result, Err(CgroupError::JobCpuAboveParent { .. })),
+                "{result:?}"
+            );
+            for dir in parent.parent_dirs() {
+                assert!(!dir.join("greedy").exists(), "{} is left", dir.display());
+            }
+        }
+        // v2 does not: the smaller limit simply wins.
+        CgroupVersion::V2 => {
+            let job = result.expect("create above the parent's cpus");
+            assert_eq!(job_file(&job, "cpu.max"), "200000 100000");
+            job.remove().expect("remove");
+        }
+    }
+    let half = Limits {
+        cpus: Some(0.5),
+        ..Limits::default()
+    };
+    let job = parent.create("job", &half, &[]).expect("create");
+    let below_the_job = ParentLimits {
+        cpus: Some(0.25),
+        ..ParentLimits::default()
+    };
+    let result = parent.detect_again(&below_the_job);
+    match parent.version() {
+        CgroupVersion::V1 => {
+            assert!(
+                matches!(result, Err(CgroupError::ParentCpuBelowJob { .. })),
+                "{result:?}"
+            );
+            assert_eq!(parent.file("cpu.cfs_quota_us"), "100000");
+        }
+        CgroupVersion::V2 => {
+            result.expect("detect below the job's cpus");
+            assert_eq!(parent.file("cpu.max"), "25000 100000");
+        }
+    }
     job.remove().expect("remove");
 }

@@ -8,6 +8,11 @@
 //!   controllers (memory, io) for its children; the write fails with EBUSY. With the default
 //!   relative parent the daemon's own cgroup is on that path, so the daemon first moves itself
 //!   into a leaf `<own>/daemon`, as a service with systemd's `Delegate=yes` is expected to.
+//!
+//! Limits on the parent of job cgroups bound all jobs together. Unlike v1, the kernel does not
+//! compare a child's `cpu.max` with its parent's (the smaller one simply wins), and lowering
+//! `memory.max` below what the subtree holds does not fail: the kernel reclaims, then OOM-kills
+//! in the subtree until the usage fits.
 
 use std::io;
 use std::path::Path;
@@ -18,7 +23,7 @@ use super::error::{CgroupError, parse_error};
 use super::files::{create_dir_if_missing, read, read_keyed, read_u64, write};
 use super::hierarchy::{CGROUP_MOUNT, CgroupDir, Controller, Mount, ProcCgroup, resolve_parent};
 use super::kill::{Backoff, kill_until_empty};
-use super::limits::{CPU_PERIOD_US, CgroupUsage, cpu_quota_us};
+use super::limits::{CPU_PERIOD_US, CgroupUsage, ParentLimits, cpu_quota_us};
 use crate::spec::Limits;
 
 /// The controllers jobs use and their v2 names. io is optional: some hosts do not offer it, and
@@ -148,11 +153,64 @@ fn move_into_leaf(own_dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// Writes `limits` into a new job directory.
+/// Writes `limits` on the parent of job cgroups; an unset limit is written as "max".
+pub(super) fn write_parent_limits(
+    parents: &[CgroupDir],
+    limits: &ParentLimits,
+) -> Result<(), CgroupError> {
+    for dir in parents {
+        let has_swap_max = dir.path.join("memory.swap.max").exists();
+        for (file, value) in parent_limit_writes(&dir.controllers, limits, has_swap_max) {
+            write(&dir.path.join(file), &value)?;
+        }
+    }
+    Ok(())
+}
+
+/// The writes that set the parent's limits in a directory carrying `controllers`.
+fn parent_limit_writes(
+    controllers: &[Controller],
+    limits: &ParentLimits,
+    has_swap_max: bool,
+) -> Vec<(&'static str, String)> {
+    let mut writes = Vec::new();
+    for controller in controllers {
+        match controller {
+            Controller::Cpu => {
+                let quota = limits
+                    .cpus
+                    .map_or("max".to_owned(), |c| cpu_quota_us(c).to_string());
+                writes.push(("cpu.max", format!("{quota} {CPU_PERIOD_US}")));
+            }
+            Controller::Memory => {
+                let max = limits
+                    .memory_bytes
+                    .map_or("max".to_owned(), |b| b.to_string());
+                writes.push(("memory.max", max));
+                if has_swap_max {
+                    let swap = if limits.memory_bytes.is_some() {
+                        "0"
+                    } else {
+                        "max"
+                    };
+                    writes.push(("memory.swap.max", swap.to_owned()));
+                }
+            }
+            Controller::Pids => {
+                let max = limits.pids.map_or("max".to_owned(), |p| p.to_string());
+                writes.push(("pids.max", max));
+            }
+            Controller::Cpuacct | Controller::Io => {}
+        }
+    }
+    writes
+}
+
+/// Writes `limits` into a new job directory; IO limits apply to each device of `io`.
 pub(super) fn write_limits(
     dir: &CgroupDir,
     limits: &Limits,
-    io: Option<DevNum>,
+    io: &[DevNum],
 ) -> Result<(), CgroupError> {
     // memory.swap.max is missing when swap accounting is off (cgroup.memory=noswap or a kernel
     // without swap support); then there is nothing to limit.
@@ -163,12 +221,8 @@ pub(super) fn write_limits(
     Ok(())
 }
 
-/// The writes that apply `limits` to a job directory.
-fn limit_writes(
-    limits: &Limits,
-    io: Option<DevNum>,
-    has_swap_max: bool,
-) -> Vec<(&'static str, String)> {
+/// The writes that apply `limits` to a new job directory.
+fn limit_writes(limits: &Limits, io: &[DevNum], has_swap_max: bool) -> Vec<(&'static str, String)> {
     let mut writes = Vec::new();
     if let Some(cpus) = limits.cpus {
         writes.push(("cpu.max", format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpus))));
@@ -179,19 +233,20 @@ fn limit_writes(
             writes.push(("memory.swap.max", "0".to_owned()));
         }
     }
-    if let Some(dev) = io {
-        let keys = [
-            ("rbps", limits.io_read_bps),
-            ("wbps", limits.io_write_bps),
-            ("riops", limits.io_read_iops),
-            ("wiops", limits.io_write_iops),
-        ];
-        // Keys left out keep their current value ("max" in a new cgroup).
-        let given: Vec<String> = keys
-            .iter()
-            .filter_map(|(key, value)| value.map(|v| format!("{key}={v}")))
-            .collect();
-        if !given.is_empty() {
+    let keys = [
+        ("rbps", limits.io_read_bps),
+        ("wbps", limits.io_write_bps),
+        ("riops", limits.io_read_iops),
+        ("wiops", limits.io_write_iops),
+    ];
+    // Keys left out keep their current value ("max" in a new cgroup).
+    let given: Vec<String> = keys
+        .iter()
+        .filter_map(|(key, value)| value.map(|v| format!("{key}={v}")))
+        .collect();
+    if !given.is_empty() {
+        // io.max takes one device per write.
+        for dev in io {
             writes.push(("io.max", format!("{dev} {}", given.join(" "))));
         }
     }
@@ -250,7 +305,7 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            limit_writes(&limits, None, true),
+            limit_writes(&limits, &[], true),
             [("cpu.max", "50000 100000".to_owned())]
         );
         let limits = Limits {
@@ -258,7 +313,7 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            limit_writes(&limits, None, true),
+            limit_writes(&limits, &[], true),
             [("cpu.max", "225000 100000".to_owned())]
         );
     }
@@ -270,14 +325,14 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            limit_writes(&limits, None, true),
+            limit_writes(&limits, &[], true),
             [
                 ("memory.max", "33554432".to_owned()),
                 ("memory.swap.max", "0".to_owned()),
             ]
         );
         assert_eq!(
-            limit_writes(&limits, None, false),
+            limit_writes(&limits, &[], false),
             [("memory.max", "33554432".to_owned())]
         );
     }
@@ -290,14 +345,73 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            limit_writes(&limits, Some(VDA), true),
+            limit_writes(&limits, &[VDA], true),
             [("io.max", "254:0 rbps=2097152 wiops=120".to_owned())]
         );
     }
 
     #[test]
     fn no_limits_means_no_writes() {
-        assert!(limit_writes(&Limits::default(), Some(VDA), true).is_empty());
+        assert!(limit_writes(&Limits::default(), &[VDA], true).is_empty());
+    }
+
+    #[test]
+    fn io_max_gets_one_line_per_device() {
+        let limits = Limits {
+            io_write_bps: Some(1000),
+            ..Limits::default()
+        };
+        let loop0 = DevNum { major: 7, minor: 0 };
+        assert_eq!(
+            limit_writes(&limits, &[VDA, loop0], true),
+            [
+                ("io.max", "254:0 wbps=1000".to_owned()),
+                ("io.max", "7:0 wbps=1000".to_owned()),
+            ]
+        );
+    }
+
+    /// The controllers a v2 parent carries when the host offers them all.
+    const EVERY: [Controller; 4] = [
+        Controller::Cpu,
+        Controller::Memory,
+        Controller::Io,
+        Controller::Pids,
+    ];
+
+    #[test]
+    fn parent_limits_are_written_with_swap_off() {
+        let limits = ParentLimits {
+            memory_bytes: Some(64 << 20),
+            cpus: Some(1.5),
+            pids: Some(100),
+        };
+        assert_eq!(
+            parent_limit_writes(&EVERY, &limits, true),
+            [
+                ("cpu.max", "150000 100000".to_owned()),
+                ("memory.max", "67108864".to_owned()),
+                ("memory.swap.max", "0".to_owned()),
+                ("pids.max", "100".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unset_parent_limits_are_written_as_max() {
+        assert_eq!(
+            parent_limit_writes(&EVERY, &ParentLimits::default(), true),
+            [
+                ("cpu.max", "max 100000".to_owned()),
+                ("memory.max", "max".to_owned()),
+                ("memory.swap.max", "max".to_owned()),
+                ("pids.max", "max".to_owned()),
+            ]
+        );
+        assert_eq!(
+            parent_limit_writes(&[Controller::Memory], &ParentLimits::default(), false),
+            [("memory.max", "max".to_owned())]
+        );
     }
 
     #[test]
@@ -340,7 +454,7 @@ mod tests {
         let Ok(mode) = std::env::var(HELPER_ENV) else {
             return;
         };
-        let result = Cgroups::detect(Path::new("jobs"));
+        let result = Cgroups::detect(Path::new("jobs"), &ParentLimits::default());
         match mode.as_str() {
             "alone" => {
                 let cgroups = result.expect("detect in a cgroup of our own");
@@ -366,7 +480,7 @@ mod tests {
                     ..Default::default()
                 };
                 let job = cgroups
-                    .create("delegated-job", &limits, None)
+                    .create("delegated-job", &limits, &[])
                     .expect("create a job cgroup below the delegated parent");
                 let [dir] = job.dirs().try_into().expect("one directory on v2");
                 assert_eq!(dir, jobs.join("delegated-job"));
@@ -376,7 +490,8 @@ mod tests {
                 assert_eq!(file("pids.max"), "16");
                 job.remove().expect("remove the job cgroup");
                 // Called again from the leaf, a relative parent still lands beside the leaf.
-                let again = Cgroups::detect(Path::new("jobs2")).expect("detect again");
+                let again = Cgroups::detect(Path::new("jobs2"), &ParentLimits::default())
+                    .expect("detect again");
                 assert_eq!(again.parent_dirs(), [own.join("jobs2")]);
             }
             "shared" => assert!(
