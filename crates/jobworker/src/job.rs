@@ -314,10 +314,14 @@ fn start(launch: Launch) -> Result<Running, Error> {
             e,
         )
     })?;
-    // Dropped (and so removed) on every early return below.
     let cgroup = cgroups.create(&id.to_string(), &limits, io_device.as_slice())?;
-    let spawned = spawn::spawn(&init, &cgroup.procs_fds())
-        .map_err(|e| Error::io("cannot create the job's process", e))?;
+    let spawned = match spawn::spawn(&init, &cgroup.procs_fds()) {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            discard(cgroup);
+            return Err(Error::io("cannot create the job's process", e));
+        }
+    };
     let mut status = spawned.status;
     let mut rec = [0u8; protocol::RECORD_LEN];
     let got = read_record(&mut status, &mut rec);
@@ -340,6 +344,7 @@ fn start(launch: Launch) -> Result<Running, Error> {
         // The init is exiting; reap it so the cgroup is empty when it is removed.
         let _ = spawn::signal(&spawned.pidfd, libc::SIGKILL);
         let _ = spawn::wait(&spawned.pidfd);
+        discard(cgroup);
         return Err(err);
     }
     let job = Arc::new(Job {
@@ -361,6 +366,24 @@ fn start(launch: Launch) -> Result<Running, Error> {
         stderr: spawned.stderr,
         status,
     })
+}
+
+/// Kills whatever is in the cgroup of a job that failed to start and removes it (a job cgroup
+/// handle does not do that when dropped). Failures are logged: the start's error matters more.
+fn discard(cgroup: JobCgroup) {
+    if let Err(e) = cgroup.kill() {
+        tracing::warn!(
+            cgroup = cgroup.name(),
+            "cannot kill the processes of a failed job: {e}"
+        );
+    }
+    let name = cgroup.name().to_owned();
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!(
+            cgroup = name,
+            "cannot remove the cgroup of a failed job: {e}"
+        );
+    }
 }
 
 /// Reads one status record; false at end of file.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::cgroup::{self, CgroupVersion, Cgroups, ParentLimits};
+use crate::cgroup::{self, CgroupError, CgroupVersion, Cgroups, ParentLimits};
 use crate::init::INIT_ARG0;
 use crate::job::{self, Job, JobId, JobStatus, Launch};
 use crate::output::{OutputReader, StreamFilter};
@@ -103,7 +103,7 @@ impl Worker {
             })?;
         remove_stale_logs(&config.state_dir)?;
         let cgroups = Cgroups::detect(&config.cgroup_parent, &ParentLimits::default())?;
-        let stale = cgroups.remove_stale()?;
+        let stale = remove_stale_cgroups(&cgroups)?;
         if stale > 0 {
             tracing::warn!(count = stale, "removed job cgroups left by an earlier run");
         }
@@ -302,10 +302,13 @@ impl Worker {
         while stops.join_next().await.is_some() {}
         // Every job has ended, and a job's supervisor removes its cgroup before publishing that,
         // so the parents are empty now.
-        for dir in self.cgroups.parent_dirs() {
-            if let Err(e) = std::fs::remove_dir(&dir) {
-                tracing::warn!(dir = %dir.display(), "cannot remove the job cgroup parent: {e}");
-            }
+        match self.cgroups.remove_parent() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                parents = ?self.cgroups.parent_dirs(),
+                "the job cgroup parent still holds cgroups; left in place"
+            ),
+            Err(e) => tracing::warn!("cannot remove the job cgroup parent: {e}"),
         }
     }
 }
@@ -331,6 +334,28 @@ fn ensure_stdio_open() -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Jobs do not survive a restart: kills every process in every cgroup below the parent (left by
+/// a crashed run) and removes those cgroups. Returns how many were removed; when some could not
+/// be, each is logged and the first error is returned after all were tried.
+fn remove_stale_cgroups(cgroups: &Cgroups) -> Result<usize, CgroupError> {
+    let mut removed = 0;
+    let mut first_error = None;
+    for name in cgroups.child_names()? {
+        let result = cgroups.open(&name).and_then(|stale| match stale {
+            Some(stale) => stale.kill().and_then(|()| stale.remove()),
+            None => Ok(()),
+        });
+        match result {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(cgroup = name, error = %e, "cannot remove stale job cgroup");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(removed), Err)
 }
 
 /// Jobs do not survive a restart, so their logs cannot be read any more: remove them.

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::files::{read_pids, write};
+use super::files::write;
 use super::*;
 
 /// How long a test waits for the kernel to do something it must do (a kill, an OOM kill, a
@@ -104,13 +104,22 @@ impl Deref for TestParent {
 
 impl Drop for TestParent {
     fn drop(&mut self) {
-        if let Err(e) = self.cgroups.remove_stale() {
-            eprintln!("cannot clean test parent {}: {e}", self.name);
-        }
-        for dir in self.cgroups.parent_dirs() {
-            if let Err(e) = fs::remove_dir(&dir) {
-                eprintln!("cannot remove test parent {}: {e}", dir.display());
+        let names = self.cgroups.child_names().unwrap_or_else(|e| {
+            eprintln!("cannot list test parent {}: {e}", self.name);
+            Vec::new()
+        });
+        for name in names {
+            if let Ok(Some(job)) = self.cgroups.open(&name) {
+                let killed = job.kill();
+                if let Err(e) = killed.and(job.remove()) {
+                    eprintln!("cannot clean {name} in test parent {}: {e}", self.name);
+                }
             }
+        }
+        match self.cgroups.remove_parent() {
+            Ok(true) => {}
+            Ok(false) => eprintln!("test parent {} is not empty", self.name),
+            Err(e) => eprintln!("cannot remove test parent {}: {e}", self.name),
         }
     }
 }
@@ -740,6 +749,26 @@ fn writing_0_to_the_procs_fds_joins_every_job_directory() {
 }
 
 #[test]
+fn contains_and_pids_tell_members_from_other_processes() {
+    let parent = TestParent::new();
+    let job = parent
+        .create("job", &Limits::default(), &[])
+        .expect("create");
+    let mut child = spawn_in(&job, "sleep", &["1000"]);
+    let me = i32::try_from(std::process::id()).expect("pid fits i32");
+    assert!(job.contains(pid(&child)).expect("contains"), "child");
+    assert!(!job.contains(me).expect("contains"), "the test process");
+    assert_eq!(job.pids().expect("pids"), [pid(&child)]);
+    job.kill().expect("kill");
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
+    assert!(
+        !job.contains(pid(&child)).expect("contains"),
+        "a reaped child"
+    );
+    job.remove().expect("remove");
+}
+
+#[test]
 fn kill_then_remove_leaves_no_directory() {
     let parent = TestParent::new();
     let job = parent
@@ -757,7 +786,7 @@ fn kill_then_remove_leaves_no_directory() {
 }
 
 #[test]
-fn dropping_a_job_cgroup_kills_and_removes_it() {
+fn dropping_a_job_cgroup_leaves_it_and_its_processes_alone() {
     let parent = TestParent::new();
     let job = parent
         .create("job", &Limits::default(), &[])
@@ -765,14 +794,29 @@ fn dropping_a_job_cgroup_kills_and_removes_it() {
     let mut child = spawn_in(&job, "sleep", &["1000"]);
     let dirs = job.dirs();
     drop(job);
-    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
-    for dir in dirs {
-        assert!(!dir.exists(), "{} is left", dir.display());
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "dropping the handle ended the job's process"
+    );
+    for dir in &dirs {
+        assert!(
+            dir.exists(),
+            "dropping the handle removed {}",
+            dir.display()
+        );
     }
+    let job = parent
+        .open("job")
+        .expect("open")
+        .expect("the cgroup is still there");
+    assert!(job.contains(pid(&child)).expect("contains"));
+    job.kill().expect("kill");
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
+    job.remove().expect("remove");
 }
 
 #[test]
-fn remove_stale_kills_leftover_processes_and_removes_their_cgroups() {
+fn a_restarted_detect_finds_leftover_job_cgroups_to_kill_and_remove() {
     let parent = TestParent::new();
     let mut child = Reaped(
         Command::new("sleep")
@@ -780,11 +824,11 @@ fn remove_stale_kills_leftover_processes_and_removes_their_cgroups() {
             .spawn()
             .expect("spawn sleep"),
     );
-    // What a crashed daemon leaves: a job directory in each hierarchy, with a live process.
+    // What an earlier run leaves: a job directory in each hierarchy, with a live process.
     let leftovers: Vec<PathBuf> = parent
         .parent_dirs()
         .iter()
-        .map(|d| d.join("crashed-job"))
+        .map(|d| d.join("earlier-job"))
         .collect();
     for dir in &leftovers {
         fs::create_dir(dir).expect("create leftover");
@@ -793,9 +837,73 @@ fn remove_stale_kills_leftover_processes_and_removes_their_cgroups() {
     let restarted = parent
         .detect_again(&ParentLimits::default())
         .expect("detect again");
-    assert_eq!(restarted.remove_stale().expect("remove_stale"), 1);
+    assert_eq!(
+        restarted.child_names().expect("child_names"),
+        ["earlier-job"]
+    );
+    let job = restarted.open("earlier-job").expect("open").expect("found");
+    assert_eq!(job.name(), "earlier-job");
+    assert_eq!(job.dirs(), leftovers);
+    assert!(job.contains(pid(&child)).expect("contains"));
+    assert_eq!(
+        job.procs_fds(),
+        Vec::<RawFd>::new(),
+        "an adopted job is placed already"
+    );
+    assert_eq!(job.clone_into_fd(), None);
+    job.kill().expect("kill");
     assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
+    job.remove().expect("remove");
     for dir in leftovers {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+}
+
+#[test]
+fn child_names_is_the_union_over_the_hierarchies_and_open_takes_what_exists() {
+    let parent = TestParent::new();
+    let a = parent.create("a", &Limits::default(), &[]).expect("a");
+    let b = parent.create("b", &Limits::default(), &[]).expect("b");
+    // A job cut short while being created by an earlier run: only in the last hierarchy.
+    let last = parent.parent_dirs().pop().expect("a parent directory");
+    fs::create_dir(last.join("half")).expect("create half");
+    assert_eq!(
+        parent.child_names().expect("child_names"),
+        ["a", "b", "half"]
+    );
+    let half = parent.open("half").expect("open").expect("half exists");
+    assert_eq!(half.dirs(), [last.join("half")]);
+    assert_eq!(
+        parent.open("b").expect("open").expect("b exists").dirs(),
+        b.dirs()
+    );
+    assert!(parent.open("unknown").expect("open").is_none());
+    for name in ["", ".", "..", "a/b", "../escape"] {
+        let result = parent.open(name);
+        assert!(
+            matches!(result, Err(CgroupError::InvalidName(_))),
+            "{name:?}: {result:?}"
+        );
+    }
+    for job in [a, b, half] {
+        job.remove().expect("remove");
+    }
+    assert!(parent.child_names().expect("child_names").is_empty());
+}
+
+#[test]
+fn remove_parent_keeps_a_parent_that_still_has_jobs() {
+    let parent = TestParent::new();
+    let job = parent
+        .create("job", &Limits::default(), &[])
+        .expect("create");
+    assert!(!parent.remove_parent().expect("remove_parent"), "removed");
+    for dir in parent.parent_dirs() {
+        assert!(dir.exists(), "{} removed with a job in it", dir.display());
+    }
+    job.remove().expect("remove");
+    assert!(parent.remove_parent().expect("remove_parent"), "kept");
+    for dir in parent.parent_dirs() {
         assert!(!dir.exists(), "{} is left", dir.display());
     }
 }
@@ -825,6 +933,29 @@ fn a_limit_the_kernel_rejects_leaves_no_directory() {
             dir.display()
         );
     }
+}
+
+#[test]
+fn a_create_failing_in_a_later_hierarchy_removes_the_earlier_directories() {
+    let parent = TestParent::new();
+    // Someone else's cgroup of that name in the last hierarchy only (the only one on v2).
+    let dirs = parent.parent_dirs();
+    let (last, earlier) = dirs.split_last().expect("a parent directory");
+    fs::create_dir(last.join("job")).expect("create the obstacle");
+    let result = parent.create("job", &Limits::default(), &[]);
+    assert!(
+        matches!(result, Err(CgroupError::Io { op: "create", .. })),
+        "{result:?}"
+    );
+    for dir in earlier {
+        assert!(
+            !dir.join("job").exists(),
+            "{} has a leftover job",
+            dir.display()
+        );
+    }
+    assert!(last.join("job").exists(), "the obstacle was removed");
+    fs::remove_dir(last.join("job")).expect("remove the obstacle");
 }
 
 #[test]
@@ -972,9 +1103,7 @@ fn cpu_limits_of_jobs_and_their_parent() {
                 matches!(result, Err(CgroupError::JobCpuAboveParent { .. })),
                 "{result:?}"
             );
-            for dir in parent.parent_dirs() {
-                assert!(!dir.join("greedy").exists(), "{} is left", dir.display());
-            }
+            assert!(parent.child_names().expect("child_names").is_empty());
         }
         // v2 does not: the smaller limit simply wins.
         CgroupVersion::V2 => {

@@ -289,7 +289,7 @@ mod tests {
     use std::process::Command;
 
     use super::super::kill::remove_when_empty;
-    use super::super::tests::{Reaped, TestParent, host_runs};
+    use super::super::tests::{Forked, Reaped, TestParent, host_runs};
     use super::super::{CgroupVersion, Cgroups};
     use super::*;
 
@@ -578,5 +578,58 @@ mod tests {
         if host_runs(CgroupVersion::V2) {
             run_leaf_helper("shared", true);
         }
+    }
+
+    /// `CLONE_INTO_CGROUP` from linux/sched.h (Linux 5.7); libc's constant is a deprecated
+    /// `c_int` that cannot hold it.
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    #[test]
+    fn a_child_cloned_into_the_directory_fd_starts_in_the_job_cgroup() {
+        if !host_runs(CgroupVersion::V2) {
+            return;
+        }
+        let parent = TestParent::new();
+        let job = parent
+            .create("job", &Limits::default(), &[])
+            .expect("create");
+        let fd = job
+            .clone_into_fd()
+            .expect("a v2 job cgroup made by create has a directory fd");
+        // SAFETY: clone_args is plain integers, for which all-zero is valid.
+        let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+        args.flags = CLONE_INTO_CGROUP;
+        args.exit_signal = libc::SIGCHLD as u64;
+        args.cgroup = u64::try_from(fd).expect("fds are not negative");
+        // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork; the child only
+        // calls pause and _exit, which are async-signal-safe.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const libc::clone_args,
+                std::mem::size_of::<libc::clone_args>(),
+            )
+        };
+        if ret == 0 {
+            // SAFETY: in the child; it waits to be killed and never returns.
+            unsafe {
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        assert!(ret > 0, "clone3: {}", io::Error::last_os_error());
+        let mut child = Forked(i32::try_from(ret).expect("pid fits i32"));
+        let [dir] = job.dirs().try_into().expect("one directory on v2");
+        let relative = dir.strip_prefix(CGROUP_MOUNT).expect("below the mount");
+        let expected = format!("0::/{}", relative.display());
+        let actual = read(format!("/proc/{}/cgroup", child.0)).expect("read /proc/PID/cgroup");
+        assert_eq!(actual.trim_end(), expected, "the child started elsewhere");
+        assert!(
+            job.contains(child.0).expect("contains"),
+            "cgroup.procs lacks the child"
+        );
+        job.kill().expect("kill");
+        assert_eq!(child.wait(), Some(libc::SIGKILL));
+        job.remove().expect("remove");
     }
 }
