@@ -30,6 +30,8 @@ pub enum Outcome {
     Signaled(i32),
     /// The kernel's OOM killer ended the job at its memory limit.
     OomKilled,
+    /// The job ended without a recorded outcome (the daemon died under it).
+    Lost,
 }
 
 /// SIGKILL's number on every Linux architecture: what the OOM killer sends.
@@ -45,6 +47,7 @@ impl State {
             Ok(pb::JobState::Exited) => Outcome::Exited(status.exit_code.unwrap_or(-1)),
             Ok(pb::JobState::Signaled) => Outcome::Signaled(status.signal.unwrap_or(0)),
             Ok(pb::JobState::OomKilled) => Outcome::OomKilled,
+            Ok(pb::JobState::Lost) => Outcome::Lost,
             Ok(pb::JobState::Unspecified) | Err(_) => return State::Unknown(status.state),
         };
         State::Ended {
@@ -63,6 +66,7 @@ impl State {
                 Outcome::Exited(_) => "exited",
                 Outcome::Signaled(_) => "signaled",
                 Outcome::OomKilled => "oom-killed",
+                Outcome::Lost => "lost",
             },
             State::Unknown(_) => "unknown",
         }
@@ -81,6 +85,7 @@ impl fmt::Display for State {
                     Outcome::Exited(code) => write!(f, "exited({code})")?,
                     Outcome::Signaled(signal) => write!(f, "signaled({})", signal_name(signal))?,
                     Outcome::OomKilled => f.write_str("oom-killed")?,
+                    Outcome::Lost => f.write_str("lost")?,
                 }
                 if stopped {
                     f.write_str(" (stopped)")?;
@@ -101,6 +106,8 @@ impl Outcome {
             Outcome::Exited(code) => Some(code),
             Outcome::Signaled(signal) => signal.checked_add(128),
             Outcome::OomKilled => Some(128 + SIGKILL),
+            // Nothing is known of how it ended: not a success.
+            Outcome::Lost => None,
         };
         status.and_then(|s| u8::try_from(s).ok()).unwrap_or(1)
     }

@@ -17,18 +17,15 @@ const RANDOM_BYTES: usize = 10 << 20;
 fn ten_mib_of_random_bytes_arrive_byte_identical() {
     let server = TestServer::start();
     // The job runs as `nobody`: the file and every directory above it must be readable.
-    let dir = tempfile::tempdir().expect("tempdir");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let path = dir.path().join("random.bin");
+    // Jobs see the server's data directory (a --bind-ro) at /data.
+    let path = server.data.path().join("random.bin");
     let mut random = vec![0u8; RANDOM_BYTES];
     fs::File::open("/dev/urandom")
         .and_then(|mut urandom| urandom.read_exact(&mut random))
         .expect("read /dev/urandom");
     fs::write(&path, &random).expect("write random file");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod file");
-    let path = path.to_str().expect("UTF-8 temp path");
-
-    let id = server.start_job(&["cat", path]);
+    let id = server.start_job(&["cat", "/data/random.bin"]);
     let out = server
         .jobctl()
         .args(["logs", &id])

@@ -1,34 +1,33 @@
-//! One job: its identity, state and output, and the supervisor thread that runs it.
+//! One job: its identity, its state, how it is stopped, and how its end is concluded.
 //!
-//! Each job has one supervisor thread, which owns everything that needs blocking system calls:
-//! it creates the cgroup and the log, clones the init, waits for it to report "ready", then
-//! copies the job's stdout and stderr into the log until both close, reaps the init, reads the
-//! cgroup's usage, removes the cgroup and publishes the final state. A thread per running job is
-//! proportionate (each job is already at least two processes) and keeps every step a plain,
-//! sequential system call. Everyone else only reads the state through a `watch` channel and
-//! sends signals through the init's pidfd.
+//! A running job is two processes the worker does not own: its init (the job's PID 1 and
+//! keeper, see [`crate::init`]) and the command. The worker holds a pidfd of the init, watches
+//! it become readable (the init exited), and then *concludes* the job from what the init left:
+//! the exit record, the log, the cgroup's usage. The same conclusion serves a job that ended
+//! while no daemon was running.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{oneshot, watch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::cgroup::{Cgroups, DevNum, JobCgroup};
-use crate::output::{self, Log, LogWriter, Stream};
-use crate::protocol::{self, Stage};
-use crate::spawn::{self, InitCommand};
+use crate::cgroup::JobCgroup;
+use crate::output::{self, LogEnd, OutputError, OutputReader, StreamFilter};
+use crate::protocol::Outcome;
+use crate::store::{EndRecord, JobRecord, StateDir};
 use crate::{CommandSpec, Error, Limits};
 
 /// A job's identity: a random UUID, also the job's hostname.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct JobId(Uuid);
 
 impl JobId {
@@ -51,15 +50,18 @@ pub struct ParseJobIdError(String);
 impl FromStr for JobId {
     type Err = ParseJobIdError;
 
+    /// Only the hyphenated form: a job id has one spelling.
     fn from_str(s: &str) -> Result<JobId, ParseJobIdError> {
-        Uuid::parse_str(s)
-            .map(JobId)
-            .map_err(|_| ParseJobIdError(s.chars().take(64).collect()))
+        let bad = || ParseJobIdError(s.chars().take(64).collect());
+        if s.len() != 36 {
+            return Err(bad());
+        }
+        Uuid::parse_str(s).map(JobId).map_err(|_| bad())
     }
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
     /// The command is running.
     Running,
@@ -69,111 +71,312 @@ pub enum JobState {
     Signaled(i32),
     /// The kernel's OOM killer ended the job at its memory limit.
     OomKilled,
+    /// The job ended without a recorded outcome: the daemon died under it (and was not
+    /// configured to leave jobs running), or its init was killed.
+    Lost,
+}
+
+impl JobState {
+    /// The state without its value, for filters.
+    pub fn kind(&self) -> StateKind {
+        match self {
+            JobState::Running => StateKind::Running,
+            JobState::Exited(_) => StateKind::Exited,
+            JobState::Signaled(_) => StateKind::Signaled,
+            JobState::OomKilled => StateKind::OomKilled,
+            JobState::Lost => StateKind::Lost,
+        }
+    }
+}
+
+/// A [`JobState`] without its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    /// [`JobState::Running`].
+    Running,
+    /// [`JobState::Exited`].
+    Exited,
+    /// [`JobState::Signaled`].
+    Signaled,
+    /// [`JobState::OomKilled`].
+    OomKilled,
+    /// [`JobState::Lost`].
+    Lost,
 }
 
 /// Resources a job used, measured by its cgroup when it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// CPU time, user and system, of all the job's processes.
+    /// CPU time of all its processes (user + system), its init's copying of its output included.
     pub cpu_time: Duration,
-    /// The most memory the job held at once, when the kernel reports it.
+    /// Highest memory use, where the kernel tracks it (v2 before Linux 5.19 does not).
     pub peak_memory_bytes: Option<u64>,
 }
 
-/// A snapshot of a job, for status and listings.
+/// What a job's output log holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSummary {
+    /// Output bytes stored.
+    pub bytes: u64,
+    /// Output bytes past the job's output limit, counted and dropped.
+    pub dropped_bytes: u64,
+    /// Output bytes that could not be stored (a full disk, an I/O error).
+    pub lost_bytes: u64,
+    /// Size of the log file, framing included.
+    pub log_len: u64,
+}
+
+/// A job as callers see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStatus {
     /// The job's id.
     pub id: JobId,
-    /// Who started it (opaque to the library).
+    /// Who started it (an opaque string to the library).
     pub owner: String,
-    /// The program as given.
-    pub program: String,
-    /// Its arguments.
-    pub args: Vec<String>,
+    /// What it runs. In [`crate::Worker::list`] rows, long arguments are shortened and the
+    /// environment left out (see `spec_shortened`); [`crate::Worker::details`] has it whole.
+    pub spec: CommandSpec,
+    /// Whether `spec` was shortened.
+    pub spec_shortened: bool,
     /// The limits in force (request merged with the worker's defaults).
     pub limits: Limits,
+    /// The user and group id the job runs as.
+    pub uid: u32,
     /// Running, or how it ended.
     pub state: JobState,
     /// Whether someone asked for the job to stop.
     pub stop_requested: bool,
-    /// When the command was exec'd.
+    /// When the job was started.
     pub started_at: SystemTime,
     /// When the job ended.
     pub ended_at: Option<SystemTime>,
     /// What it used, once ended.
     pub usage: Option<Usage>,
+    /// What its log holds, once ended.
+    pub output: Option<OutputSummary>,
+    /// What is wrong with the job's stored state, if anything (a damaged record or log, an
+    /// outcome that was never recorded).
+    pub note: Option<String>,
 }
 
-/// The final record of a job, published once by its supervisor.
-#[derive(Debug, Clone, Copy)]
-struct Ended {
-    state: JobState,
-    at: SystemTime,
-    usage: Usage,
+/// How a job ended, published once.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ended {
+    pub(crate) state: JobState,
+    pub(crate) at: SystemTime,
+    pub(crate) usage: Usage,
+    pub(crate) output: OutputSummary,
+    pub(crate) note: Option<String>,
 }
 
-/// A started job.
+/// Running, with the init's pidfd (for signals), or ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Phase {
+    Running { pidfd: Arc<OwnedFd> },
+    Ended(Ended),
+}
+
+/// The most bytes of arguments kept in memory per job for list rows.
+const SUMMARY_BYTES: usize = 512;
+
+/// A job in the worker's table. Its full command spec lives in its record on disk: in memory
+/// it costs a few hundred bytes however large its arguments and environment.
 pub(crate) struct Job {
     pub(crate) id: JobId,
     pub(crate) owner: String,
-    spec: CommandSpec,
-    limits: Limits,
-    started_at: SystemTime,
-    /// The init's pidfd: signals reach exactly this process even after its PID is reused.
-    pidfd: OwnedFd,
+    /// Program and (shortened) arguments, for list rows.
+    summary: CommandSpec,
+    summary_shortened: bool,
+    pub(crate) limits: Limits,
+    pub(crate) uid: u32,
+    pub(crate) started_at: SystemTime,
+    /// The job's directory in the state directory.
+    pub(crate) dir: PathBuf,
+    log_path: Arc<PathBuf>,
     stop_requested: AtomicBool,
-    /// `None` while running; set once by the supervisor.
-    ended: watch::Sender<Option<Ended>>,
-    pub(crate) log: Log,
+    /// Set when the worker had to SIGKILL the init itself (it then cannot record the outcome).
+    init_killed: AtomicBool,
+    phase: watch::Sender<Phase>,
+    /// Ticks when the log grows (fed by the log watcher).
+    pub(crate) grow: watch::Sender<()>,
+    /// Set once the log is complete; after `phase` is, so a reader at the end sees the final
+    /// state.
+    log_end: watch::Sender<Option<LogEnd>>,
 }
 
 impl Job {
+    /// A job from its record: running (with its init's pidfd) or ended.
+    pub(crate) fn new(
+        record: &JobRecord,
+        dir: PathBuf,
+        phase: Phase,
+        grow: watch::Sender<()>,
+    ) -> Job {
+        let (summary, summary_shortened) = summarize(&record.spec);
+        let log_end = match &phase {
+            Phase::Running { .. } => None,
+            Phase::Ended(ended) => Some(log_end_of(ended)),
+        };
+        Job {
+            id: record.id,
+            owner: record.owner.clone(),
+            summary,
+            summary_shortened,
+            limits: record.limits,
+            uid: record.uid,
+            started_at: record.started_at,
+            log_path: Arc::new(output::log_path(&dir)),
+            dir,
+            stop_requested: AtomicBool::new(record.stop_requested),
+            init_killed: AtomicBool::new(false),
+            phase: watch::Sender::new(phase),
+            grow,
+            log_end: watch::Sender::new(log_end),
+        }
+    }
+
+    /// A job whose record could not be read: only its id is known.
+    pub(crate) fn damaged(id: JobId, dir: PathBuf, why: String) -> Job {
+        let record = JobRecord::new(
+            id,
+            String::new(),
+            CommandSpec::default(),
+            Limits::default(),
+            0,
+            crate::store::InitRef {
+                pid: 0,
+                start_time: 0,
+                boot_id: String::new(),
+            },
+            SystemTime::UNIX_EPOCH,
+        );
+        let ended = Ended {
+            state: JobState::Lost,
+            at: SystemTime::UNIX_EPOCH,
+            usage: Usage::default(),
+            output: OutputSummary::default(),
+            note: Some(format!("the job's record is unreadable: {why}")),
+        };
+        Job::new(&record, dir, Phase::Ended(ended), watch::Sender::new(()))
+    }
+
     pub(crate) fn status(&self) -> JobStatus {
-        let ended = *self.ended.borrow();
+        let phase = self.phase.borrow();
+        let ended = match &*phase {
+            Phase::Running { .. } => None,
+            Phase::Ended(ended) => Some(ended),
+        };
         JobStatus {
             id: self.id,
             owner: self.owner.clone(),
-            program: self.spec.program.clone(),
-            args: self.spec.args.clone(),
+            spec: self.summary.clone(),
+            spec_shortened: self.summary_shortened,
             limits: self.limits,
+            uid: self.uid,
             state: ended.map_or(JobState::Running, |e| e.state),
             stop_requested: self.stop_requested.load(Ordering::Relaxed),
             started_at: self.started_at,
             ended_at: ended.map(|e| e.at),
             usage: ended.map(|e| e.usage),
+            output: ended.map(|e| e.output),
+            note: ended.and_then(|e| e.note.clone()),
         }
     }
 
     pub(crate) fn is_running(&self) -> bool {
-        self.ended.borrow().is_none()
+        matches!(*self.phase.borrow(), Phase::Running { .. })
     }
 
-    /// SIGTERM to every process of the job, then SIGKILL after `grace`; returns once the job
-    /// has ended and its cgroup is gone. Stopping an ended job does nothing.
-    pub(crate) async fn stop(self: &Arc<Self>, grace: Duration) -> Result<(), Error> {
-        if self.ended.borrow().is_some() {
-            return Ok(());
+    /// When it ended, if it has.
+    pub(crate) fn ended(&self) -> Option<Ended> {
+        match &*self.phase.borrow() {
+            Phase::Running { .. } => None,
+            Phase::Ended(ended) => Some(ended.clone()),
         }
-        self.stop_requested.store(true, Ordering::Relaxed);
-        // The init forwards SIGTERM to every process in the job's PID namespace.
-        spawn::signal(&self.pidfd, libc::SIGTERM)
+    }
+
+    pub(crate) fn stop_was_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the end: first the state, then the log's end, so a reader that reaches the
+    /// end of the output always finds the final state.
+    pub(crate) fn publish_end(&self, ended: Ended) {
+        let end = log_end_of(&ended);
+        self.phase.send_replace(Phase::Ended(ended));
+        self.log_end.send_replace(Some(end));
+    }
+
+    /// A reader of the output from position `from`.
+    pub(crate) fn reader(
+        &self,
+        filter: StreamFilter,
+        from: u64,
+    ) -> Result<OutputReader, OutputError> {
+        OutputReader::open(
+            self.log_path.clone(),
+            self.grow.subscribe(),
+            self.log_end.subscribe(),
+            filter,
+            from,
+        )
+    }
+
+    /// Waits until the job has ended.
+    pub(crate) async fn wait(&self) {
+        let _ = self
+            .phase
+            .subscribe()
+            .wait_for(|p| matches!(p, Phase::Ended(_)))
+            .await;
+    }
+
+    /// Asks the job to stop: SIGTERM to every process (the init forwards it), then, after
+    /// `grace`, the init's SIGKILL of every process; if the init itself does not end within
+    /// [`KILL_TIMEOUT`] more, SIGKILL of the init (the kernel then kills the whole PID
+    /// namespace). Returns once the job has ended. Stopping an ended job does nothing.
+    ///
+    /// `persist` records the stop request (so a daemon restarted meanwhile still knows).
+    pub(crate) async fn stop(
+        self: &Arc<Self>,
+        grace: Duration,
+        persist: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Error> {
+        let pidfd = match &*self.phase.borrow() {
+            Phase::Running { pidfd } => pidfd.clone(),
+            Phase::Ended(_) => return Ok(()),
+        };
+        if !self.stop_requested.swap(true, Ordering::Relaxed) {
+            tokio::task::spawn_blocking(persist);
+        }
+        signal(&pidfd, libc::SIGTERM)
             .map_err(|e| Error::io("cannot send SIGTERM to the job", e))?;
         // The escalation runs in its own task so that a stop always finishes, even when its
         // caller goes away (a client disconnecting mid-stop). The task ends with the job.
         let job = self.clone();
         let escalation = tokio::spawn(async move {
-            let mut ended = job.ended.subscribe();
-            if tokio::time::timeout(grace, ended.wait_for(Option::is_some))
+            let mut phase = job.phase.subscribe();
+            let ended = |p: &Phase| matches!(p, Phase::Ended(_));
+            if tokio::time::timeout(grace, phase.wait_for(ended))
                 .await
-                .is_err()
+                .is_ok()
             {
-                // SIGKILL of a PID namespace's init makes the kernel kill every process in it.
-                spawn::signal(&job.pidfd, libc::SIGKILL)
-                    .map_err(|e| Error::io("cannot send SIGKILL to the job", e))?;
-                // The sender lives in `job`, so this only ends when the supervisor publishes.
-                let _ = ended.wait_for(Option::is_some).await;
+                return Ok(());
             }
+            signal(&pidfd, crate::init::KILL_REQUEST as i32)
+                .map_err(|e| Error::io("cannot ask the job's init to kill the job", e))?;
+            if tokio::time::timeout(KILL_TIMEOUT, phase.wait_for(ended))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tracing::warn!(job = %job.id, "the job's init did not end the job; killing the init");
+            job.init_killed.store(true, Ordering::Relaxed);
+            signal(&pidfd, libc::SIGKILL)
+                .map_err(|e| Error::io("cannot send SIGKILL to the job's init", e))?;
+            // Ends once the worker concluded the job: the init is gone, so that is prompt.
+            let _ = phase.wait_for(ended).await;
             Ok(())
         });
         escalation
@@ -181,359 +384,212 @@ impl Job {
             .map_err(|e| Error::io("the stop of the job failed", std::io::Error::other(e)))?
     }
 
-    /// Immediate SIGKILL, for a worker that is going away without a graceful shutdown.
-    pub(crate) fn kill(&self) {
-        if self.is_running() {
-            let _ = spawn::signal(&self.pidfd, libc::SIGKILL);
-        }
-    }
-
-    /// Waits until the job has ended.
-    pub(crate) async fn wait(&self) {
-        let _ = self.ended.subscribe().wait_for(Option::is_some).await;
+    /// Whether the worker SIGKILLed the init itself.
+    pub(crate) fn init_was_killed(&self) -> bool {
+        self.init_killed.load(Ordering::Relaxed)
     }
 }
 
-/// Everything needed to start a job, prepared by the worker.
-pub(crate) struct Launch {
-    pub(crate) id: JobId,
-    pub(crate) owner: String,
-    pub(crate) spec: CommandSpec,
-    pub(crate) limits: Limits,
-    pub(crate) io_device: Option<DevNum>,
-    pub(crate) init: InitCommand,
-    pub(crate) log_path: PathBuf,
-    pub(crate) cgroups: Arc<Cgroups>,
-}
+/// How long the init gets to end the job after being asked to (it SIGKILLs every process and
+/// reaps them) before the worker kills the init itself.
+pub(crate) const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Starts the job's supervisor thread; the receiver gets the job once its command runs, or
-/// the reason it could not start (in which case nothing was left behind).
-pub(crate) fn launch(launch: Launch) -> Result<oneshot::Receiver<Result<Arc<Job>, Error>>, Error> {
-    let (tx, rx) = oneshot::channel();
-    let name = format!("job-{}", &launch.id.to_string()[..8]);
-    std::thread::Builder::new()
-        .name(name)
-        // The thread only moves bytes through a heap buffer; a small stack is plenty.
-        .stack_size(256 * 1024)
-        .spawn(move || supervise(launch, tx))
-        .map_err(|e| Error::io("cannot start a supervisor thread for the job", e))?;
-    Ok(rx)
-}
-
-/// The running parts the supervisor keeps after start.
-struct Running {
-    job: Arc<Job>,
-    cgroup: JobCgroup,
-    writer: LogWriter,
-    stdout: File,
-    stderr: File,
-    status: File,
-}
-
-fn supervise(launch: Launch, ready: oneshot::Sender<Result<Arc<Job>, Error>>) {
-    let log_path = launch.log_path.clone();
-    let running = match start(launch) {
-        Ok(running) => running,
-        Err(e) => {
-            let _ = std::fs::remove_file(&log_path);
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let Running {
-        job,
-        cgroup,
-        mut writer,
-        stdout,
-        stderr,
-        status,
-    } = running;
-    // If the caller went away before seeing the job, nobody could ever stop or read it: kill
-    // it, and remove its log once it is gone.
-    let orphan = ready.send(Ok(job.clone())).is_err();
-    if orphan {
-        let _ = spawn::signal(&job.pidfd, libc::SIGKILL);
-    }
-    let reported = pump(&job, &mut writer, stdout, stderr, status);
-    let waited = spawn::wait(&job.pidfd);
-    let usage = cgroup.usage();
-    let cgroup_dirs = cgroup.dirs();
-    if let Err(e) = cgroup.remove() {
-        tracing::warn!(job = %job.id, dirs = ?cgroup_dirs, "cannot remove the job's cgroup: {e}");
-    }
-    let mut state = match (reported, waited) {
-        (Some(state), _) => state,
-        (None, Ok(info)) => state_from_siginfo(&info),
-        (None, Err(e)) => {
-            tracing::error!(job = %job.id, "cannot reap the job's init: {e}");
-            JobState::Signaled(libc::SIGKILL)
-        }
-    };
-    if usage.oom_kills > 0 && state != JobState::Exited(0) {
-        state = JobState::OomKilled;
-    }
-    if orphan {
-        let _ = std::fs::remove_file(&log_path);
-    }
-    tracing::debug!(job = %job.id, ?state, "job ended");
-    job.ended.send_replace(Some(Ended {
-        state,
-        at: SystemTime::now(),
-        usage: Usage {
-            cpu_time: usage.cpu_time,
-            peak_memory_bytes: usage.peak_memory_bytes,
-        },
-    }));
-    // Closed only now, so a reader that reaches the end of the output sees the final state.
-    drop(writer);
-}
-
-fn state_from_siginfo(info: &libc::siginfo_t) -> JobState {
-    // SAFETY: waitid filled a SIGCHLD siginfo, for which si_status is the valid union member.
-    let status = unsafe { info.si_status() };
-    match info.si_code {
-        libc::CLD_EXITED => JobState::Exited(status),
-        _ => JobState::Signaled(status),
+fn log_end_of(ended: &Ended) -> LogEnd {
+    LogEnd {
+        len: ended.output.log_len,
+        output_bytes: ended.output.bytes,
+        lost: ended.output.lost_bytes > 0,
     }
 }
 
-fn start(launch: Launch) -> Result<Running, Error> {
-    let Launch {
-        id,
-        owner,
-        spec,
-        limits,
-        io_device,
-        init,
-        log_path,
-        cgroups,
-    } = launch;
-    let (writer, log) = output::create(&log_path).map_err(|e| {
-        Error::io(
-            format!("cannot create the output log {}", log_path.display()),
-            e,
-        )
-    })?;
-    let cgroup = cgroups.create(&id.to_string(), &limits, io_device.as_slice())?;
-    let spawned = match spawn::spawn(&init, &cgroup.procs_fds()) {
-        Ok(spawned) => spawned,
-        Err(e) => {
-            discard(cgroup);
-            return Err(Error::io("cannot create the job's process", e));
-        }
-    };
-    let mut status = spawned.status;
-    let mut rec = [0u8; protocol::RECORD_LEN];
-    let got = read_record(&mut status, &mut rec);
-    let failure = match got {
-        Ok(true) => match protocol::parse(&rec) {
-            (protocol::READY, _, _) => None,
-            (protocol::ERROR, stage, errno) => Some(start_error(&spec, stage, errno)),
-            (tag, _, _) => Some(Error::io(
-                "the job's init sent an unexpected message",
-                io::Error::other(format!("tag {tag:#x}")),
-            )),
-        },
-        Ok(false) => Some(Error::io(
-            "the job's init exited before the command started",
-            io::Error::from(io::ErrorKind::UnexpectedEof),
-        )),
-        Err(e) => Some(Error::io("cannot read the job's status pipe", e)),
-    };
-    if let Some(err) = failure {
-        // The init is exiting; reap it so the cgroup is empty when it is removed.
-        let _ = spawn::signal(&spawned.pidfd, libc::SIGKILL);
-        let _ = spawn::wait(&spawned.pidfd);
-        discard(cgroup);
-        return Err(err);
-    }
-    let job = Arc::new(Job {
-        id,
-        owner,
-        spec,
-        limits,
-        started_at: SystemTime::now(),
-        pidfd: spawned.pidfd,
-        stop_requested: AtomicBool::new(false),
-        ended: watch::Sender::new(None),
-        log,
-    });
-    Ok(Running {
-        job,
-        cgroup,
-        writer,
-        stdout: spawned.stdout,
-        stderr: spawned.stderr,
-        status,
-    })
-}
-
-/// Kills whatever is in the cgroup of a job that failed to start and removes it (a job cgroup
-/// handle does not do that when dropped). Failures are logged: the start's error matters more.
-fn discard(cgroup: JobCgroup) {
-    if let Err(e) = cgroup.kill() {
-        tracing::warn!(
-            cgroup = cgroup.name(),
-            "cannot kill the processes of a failed job: {e}"
-        );
-    }
-    let name = cgroup.name().to_owned();
-    if let Err(e) = cgroup.remove() {
-        tracing::warn!(
-            cgroup = name,
-            "cannot remove the cgroup of a failed job: {e}"
-        );
-    }
-}
-
-/// Reads one status record; false at end of file.
-fn read_record(status: &mut File, rec: &mut [u8; protocol::RECORD_LEN]) -> io::Result<bool> {
-    match status.read_exact(rec) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Turns a failure the init reported into the error the caller sees: the caller's mistakes
-/// (program, working directory) name the cause; the rest are the worker's own failures.
-fn start_error(spec: &CommandSpec, stage: u8, errno: i32) -> Error {
-    let os = io::Error::from_raw_os_error(errno);
-    let program = spec.program.clone();
-    match Stage::from_byte(stage) {
-        Some(Stage::ExecCommand) => {
-            let reason = match errno {
-                libc::ENOENT if spec.program.contains('/') => "no such file".to_owned(),
-                libc::ENOENT => "executable not found in PATH".to_owned(),
-                libc::EACCES => "permission denied (is it executable by the job user?)".to_owned(),
-                libc::EISDIR => "is a directory".to_owned(),
-                libc::ENOEXEC => "not an executable format this machine runs".to_owned(),
-                _ => os.to_string(),
-            };
-            Error::Spawn { program, reason }
-        }
-        Some(Stage::Chdir) => {
-            let dir = spec
-                .working_dir
-                .as_deref()
-                .unwrap_or(std::path::Path::new("/"));
-            Error::Spawn {
-                program,
-                reason: format!("working directory {}: {os}", dir.display()),
-            }
-        }
-        Some(stage) => Error::io(format!("job set-up failed while {}", stage.describe()), os),
-        None => Error::io("job set-up failed at an unknown step", os),
-    }
-}
-
-/// Copies the job's output into the log until both pipes close, and collects the outcome the
-/// init reports. Returns that outcome, or `None` if the init died without reporting.
-fn pump(
-    job: &Job,
-    writer: &mut LogWriter,
-    stdout: File,
-    stderr: File,
-    status: File,
-) -> Option<JobState> {
-    let mut outcome = None;
-    // Allocated at the first output (see `copy_chunk`): a job that prints nothing, such as a
-    // service or a `sleep`, costs the daemon no 64 KiB buffer while it runs.
-    let mut buf = Vec::new();
-    let mut write_failed = false;
-    let mut fds = [poll_fd(&stdout), poll_fd(&stderr), poll_fd(&status)];
-    let mut files = [Some(stdout), Some(stderr), Some(status)];
-    while files.iter().any(Option::is_some) {
-        // SAFETY: polling descriptors we own; closed ones are set to -1 and ignored.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if ready == -1 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::error!(job = %job.id, "cannot poll the job's pipes: {err}");
+/// The program and as many whole arguments as fit in [`SUMMARY_BYTES`] (the last one cut at a
+/// character boundary), without the environment.
+fn summarize(spec: &CommandSpec) -> (CommandSpec, bool) {
+    let mut budget = SUMMARY_BYTES;
+    let mut args = Vec::new();
+    let mut shortened = !spec.env.is_empty();
+    for arg in &spec.args {
+        if budget == 0 {
+            shortened = true;
             break;
         }
-        for i in 0..fds.len() {
-            if fds[i].revents == 0 {
-                continue;
+        if arg.len() <= budget {
+            budget -= arg.len();
+            args.push(arg.clone());
+        } else {
+            let mut cut = budget;
+            while !arg.is_char_boundary(cut) {
+                cut -= 1;
             }
-            let Some(file) = files[i].as_mut() else {
-                continue;
-            };
-            let open = if i == 2 {
-                read_outcome(file, &mut outcome)
-            } else {
-                let stream = if i == 0 {
-                    Stream::Stdout
-                } else {
-                    Stream::Stderr
-                };
-                copy_chunk(job, file, stream, writer, &mut buf, &mut write_failed)
-            };
-            if !open {
-                files[i] = None;
-                fds[i].fd = -1;
-            }
+            args.push(format!("{}…", &arg[..cut]));
+            budget = 0;
+            shortened = true;
         }
     }
-    outcome
+    let summary = CommandSpec {
+        program: spec.program.clone(),
+        args,
+        env: Vec::new(),
+        working_dir: spec.working_dir.clone(),
+    };
+    (summary, shortened)
 }
 
-fn poll_fd(file: &File) -> libc::pollfd {
-    libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+/// Sends `signal` to the process behind `pidfd`. A process that has already exited is not an
+/// error.
+pub(crate) fn signal(pidfd: &OwnedFd, signal: libc::c_int) -> std::io::Result<()> {
+    let Some(signal) = rustix::process::Signal::from_named_raw(signal) else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    match rustix::process::pidfd_send_signal(pidfd.as_fd(), signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
-/// One read from a job's pipe into the log. Returns false at end of file.
-fn copy_chunk(
-    job: &Job,
-    pipe: &mut File,
-    stream: Stream,
-    writer: &mut LogWriter,
-    buf: &mut Vec<u8>,
-    write_failed: &mut bool,
-) -> bool {
-    if buf.is_empty() {
-        *buf = LogWriter::frame_buffer();
+/// Reaps the init if the worker is its parent (a no-op for an adopted init, whose parent is
+/// whatever the previous daemon's parent was).
+fn reap(pidfd: &OwnedFd) {
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    );
+}
+
+/// What the worker knows about a job whose init has ended (or is gone).
+pub(crate) struct Conclusion<'a> {
+    pub(crate) store: &'a StateDir,
+    pub(crate) record: JobRecord,
+    /// The init's pidfd, when the worker has one (to reap it).
+    pub(crate) pidfd: Option<&'a OwnedFd>,
+    /// The job's cgroup, if it still exists.
+    pub(crate) cgroup: Option<JobCgroup>,
+    /// Whether the worker SIGKILLed the init (then its missing outcome is that SIGKILL).
+    pub(crate) init_killed: bool,
+}
+
+/// Concludes a job whose init is gone: its outcome from the exit record (or, without one, from
+/// what the worker did, else `Lost`), its log cut to its valid frames, its usage from the
+/// cgroup, which is then removed; the record is updated. Blocking; never fails — what cannot be
+/// done is logged and noted.
+pub(crate) fn conclude(c: Conclusion<'_>) -> (JobRecord, Ended) {
+    let Conclusion {
+        store,
+        mut record,
+        pidfd,
+        cgroup,
+        init_killed,
+    } = c;
+    let id = record.id;
+    if let Some(pidfd) = pidfd {
+        reap(pidfd);
     }
-    let n = match pipe.read(&mut buf[LogWriter::PAYLOAD..]) {
-        Ok(0) => return false,
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-        Err(e) => {
-            tracing::error!(job = %job.id, "cannot read the job's {stream:?}: {e}");
-            return false;
+    let mut notes: Vec<String> = Vec::new();
+    let log_path = output::log_path(&store.job_dir(id));
+    let exit = store.read_exit(id);
+    let (mut state, mut output, at) = match exit {
+        Some(Ok(exit)) => {
+            let state = match exit.outcome {
+                Outcome::Exited(code) => JobState::Exited(code),
+                Outcome::Signaled(signal) => JobState::Signaled(signal),
+                Outcome::Abandoned => {
+                    notes.push("the daemon that ran the job went away, and the job with it".into());
+                    JobState::Lost
+                }
+            };
+            let output = OutputSummary {
+                bytes: exit.output_bytes,
+                dropped_bytes: exit.dropped_bytes,
+                lost_bytes: exit.lost_bytes,
+                log_len: exit.log_len,
+            };
+            (state, output, exit.ended_at)
+        }
+        other => {
+            if let Some(Err(why)) = other {
+                notes.push(format!("the job's exit record is damaged ({why})"));
+            }
+            let state = if init_killed {
+                JobState::Signaled(libc::SIGKILL)
+            } else {
+                notes.push("the job ended without recording how (its init was killed)".into());
+                JobState::Lost
+            };
+            let output = match std::fs::File::open(&log_path).and_then(|f| output::scan(&f)) {
+                Ok(scan) => OutputSummary {
+                    bytes: scan.output_bytes,
+                    log_len: scan.valid_len,
+                    ..OutputSummary::default()
+                },
+                Err(e) => {
+                    notes.push(format!("the job's output log is unreadable ({e})"));
+                    OutputSummary::default()
+                }
+            };
+            (state, output, SystemTime::now())
         }
     };
-    if *write_failed {
-        // Keep draining so the job never blocks on a full pipe; its output is already lost.
-        return true;
-    }
-    if let Err(e) = writer.append(stream, &mut buf[..LogWriter::PAYLOAD + n]) {
-        tracing::error!(job = %job.id, log = %job.log.path().display(),
-            "cannot write the job's output; the rest of it is discarded: {e}");
-        *write_failed = true;
-        writer.mark_lost();
-    }
-    true
-}
-
-/// Reads one record from the status pipe. Returns false at end of file.
-fn read_outcome(status: &mut File, outcome: &mut Option<JobState>) -> bool {
-    let mut rec = [0u8; protocol::RECORD_LEN];
-    match read_record(status, &mut rec) {
-        Ok(true) => {
-            *outcome = match protocol::parse(&rec) {
-                (protocol::EXITED, _, code) => Some(JobState::Exited(code)),
-                (protocol::KILLED, _, signal) => Some(JobState::Signaled(signal)),
-                _ => *outcome,
-            };
-            true
+    // A torn last write (the init killed mid-write) is cut off, so readers end at whole frames.
+    match std::fs::metadata(&log_path) {
+        Ok(meta) if meta.len() > output.log_len => {
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(&log_path)
+                .and_then(|f| f.set_len(output.log_len));
+            match cut {
+                Ok(()) => notes.push(format!(
+                    "{} bytes of a torn write were cut off the end of the log",
+                    meta.len() - output.log_len
+                )),
+                Err(e) => tracing::warn!(job = %id, "cannot cut the torn end of the log: {e}"),
+            }
         }
-        Ok(false) | Err(_) => false,
+        Ok(meta) if meta.len() < output.log_len => {
+            notes.push(format!(
+                "the output log is shorter ({} bytes) than recorded ({})",
+                meta.len(),
+                output.log_len
+            ));
+            output.log_len = meta.len();
+        }
+        Ok(_) => {}
+        Err(e) => notes.push(format!("the job's output log is missing ({e})")),
     }
+    let mut usage = Usage::default();
+    if let Some(cgroup) = cgroup {
+        let measured = cgroup.usage();
+        usage = Usage {
+            cpu_time: measured.cpu_time,
+            peak_memory_bytes: measured.peak_memory_bytes,
+        };
+        if measured.oom_kills > 0 && !matches!(state, JobState::Exited(0) | JobState::Lost) {
+            state = JobState::OomKilled;
+        }
+        // The init's exit took the PID namespace down; a process still dying is waited for.
+        if let Err(e) = cgroup.kill().and_then(|()| cgroup.remove()) {
+            tracing::warn!(job = %id, "cannot remove the job's cgroup: {e}");
+        }
+    }
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
+    if let Some(note) = &note {
+        tracing::warn!(job = %id, "{note}");
+    }
+    let ended = Ended {
+        state,
+        at,
+        usage,
+        output,
+        note,
+    };
+    record.end = Some(EndRecord {
+        state,
+        ended_at: at,
+        usage,
+        output,
+        note: ended.note.clone(),
+    });
+    if let Err(e) = store.write_record(&record, false) {
+        tracing::error!(job = %id, "cannot record the job's end: {e}");
+    }
+    (record, ended)
 }

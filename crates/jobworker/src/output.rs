@@ -1,27 +1,41 @@
-//! A job's output: one append-only log file, one writer, any number of readers.
+//! A job's output: one append-only log file, one writer (the job's init), any number of
+//! readers (in the daemon).
 //!
-//! The file is a sequence of frames, `[stream: u8][len: u32 LE][len bytes]`, in the order the
-//! worker read them from the job's pipes, so interleaving between stdout and stderr is kept and
-//! bytes are never altered. The writer publishes how many bytes of whole frames are in the file
-//! through a `watch` channel; each reader keeps only its own offset, reads the file up to that
-//! length and then waits for the next change. So readers never poll, never make the writer wait,
-//! and hold at most one read buffer each, however large the output or slow the reader.
+//! The file is a sequence of frames, `[stream u8][len u32 LE][crc u32 LE][len bytes]`, in the
+//! order the init read them from the job's pipes, so interleaving between stdout and stderr is
+//! kept and bytes are never altered. The CRC-32C covers the stream tag, the length and the
+//! payload: a torn or altered frame is detected, never misread.
+//!
+//! The init appends each frame with one `write(2)`. Readers learn that the file grew through a
+//! notification (inotify, see [`crate::follow`]), and that it is complete through the job's end
+//! ([`LogEnd`]: its final valid length). Each reader keeps only its own offset, reads the file up
+//! to its current size and waits for the next change. So readers never poll, never make the
+//! writer wait, and hold at most one read window each, however large the output or slow the
+//! reader. A partly written frame at the end of a growing file is simply "not yet"; at the end of
+//! a finished log it is a torn write, which the worker cuts off before it publishes the end.
+//!
+//! Positions: every chunk handed out carries its `offset`, the number of output bytes (stdout
+//! and stderr together, payload only) before it. A reader can start at any such position, so a
+//! client that lost its connection resumes exactly where it stopped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
 
-/// Size of a frame header.
-const HEADER: usize = 5;
-/// The most a frame carries, and the most a reader reads at once. Big enough to amortise a
-/// system call and a message per chunk, small enough that a thousand readers cost little.
+/// Size of a frame header: stream tag, payload length, CRC-32C.
+pub(crate) const HEADER: usize = 9;
+/// The most a frame carries. Big enough to amortise a system call and a message per chunk,
+/// small enough that a thousand readers cost little.
 pub(crate) const CHUNK: usize = 64 * 1024;
+/// How much a reader reads at once: one full frame. (Kept under glibc's 128 KiB mmap threshold:
+/// larger buffers, freed at this rate by many threads, fragment the heap.)
+const WINDOW: usize = HEADER + CHUNK;
 
 /// Which of the job's output streams a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,17 +90,11 @@ impl StreamFilter {
 pub struct Chunk {
     /// Where the bytes came from.
     pub stream: Stream,
+    /// Position of the first byte in the job's output (both streams counted): pass
+    /// `offset + data.len()` to resume after this chunk.
+    pub offset: u64,
     /// The bytes.
     pub data: Bytes,
-}
-
-/// What the writer has committed: whole frames up to `len`; `closed` once nothing more comes;
-/// `lost` once some output could not be stored (e.g. a full disk).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Progress {
-    len: u64,
-    closed: bool,
-    lost: bool,
 }
 
 /// Why reading a job's output failed.
@@ -101,197 +109,375 @@ pub enum OutputError {
         #[source]
         source: io::Error,
     },
-    /// The log file does not hold well-formed frames (it was modified outside the worker).
-    #[error("the job's output log {0} is corrupt")]
-    Corrupt(PathBuf),
+    /// The log holds a frame that fails its checks (altered outside the worker, or damaged).
+    #[error(
+        "the job's output log {path} is corrupt at byte {at}; the output before it was delivered"
+    )]
+    Corrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Where the bad frame starts.
+        at: u64,
+    },
     /// Part of the job's output could not be stored; everything that was stored has been read.
     #[error(
         "the job's output is incomplete: writing its log {0} failed (is the disk full?); \
          everything stored was delivered"
     )]
     Incomplete(PathBuf),
+    /// The reader asked to start past the end of the job's output.
+    #[error("offset {offset} is past the end of the job's output ({len} bytes)")]
+    OffsetPastEnd {
+        /// The requested position.
+        offset: u64,
+        /// How many output bytes the job has.
+        len: u64,
+    },
+    /// The worker went away while the reader was waiting for more output.
+    #[error("the worker shut down while the output was being read")]
+    Closed,
 }
 
-/// The writing end, owned by the job's supervisor thread. Dropping it closes the log, so
-/// readers always reach an end even if the supervisor fails.
+/// The final shape of a finished job's log, published once the job has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogEnd {
+    /// Length of the valid frames; readers stop there.
+    pub(crate) len: u64,
+    /// Output bytes (payload) stored.
+    pub(crate) output_bytes: u64,
+    /// Whether some output could not be stored (readers then end with [`OutputError::Incomplete`]).
+    pub(crate) lost: bool,
+}
+
+/// What the start of a buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    /// A whole, verified frame of `len` bytes whose payload is `HEADER..len`.
+    Frame { stream: Stream, len: usize },
+    /// Not enough bytes yet for a whole frame: at least `need` are needed.
+    Partial { need: usize },
+    /// The bytes cannot be the start of a frame.
+    Corrupt,
+}
+
+/// Parses the frame at the start of `buf`.
+fn parse(buf: &[u8]) -> Parsed {
+    if buf.len() < HEADER {
+        return Parsed::Partial { need: HEADER };
+    }
+    let Some(stream) = Stream::from_tag(buf[0]) else {
+        return Parsed::Corrupt;
+    };
+    let payload = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if payload == 0 || payload > CHUNK {
+        return Parsed::Corrupt;
+    }
+    let len = HEADER + payload;
+    if buf.len() < len {
+        return Parsed::Partial { need: len };
+    }
+    let crc = u32::from_le_bytes([buf[5], buf[6], buf[7], buf[8]]);
+    if frame_crc(&buf[..5], &buf[HEADER..len]) != crc {
+        return Parsed::Corrupt;
+    }
+    Parsed::Frame { stream, len }
+}
+
+fn frame_crc(head: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(head), payload)
+}
+
+/// Fills in the header of a frame whose payload is `frame[HEADER..]`.
+pub(crate) fn seal_frame(stream: Stream, frame: &mut [u8]) {
+    debug_assert!(frame.len() > HEADER && frame.len() <= HEADER + CHUNK);
+    let payload = (frame.len() - HEADER) as u32;
+    frame[0] = stream.tag();
+    frame[1..5].copy_from_slice(&payload.to_le_bytes());
+    let crc = frame_crc(&frame[..5], &frame[HEADER..]);
+    frame[5..HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The most a log may grow to for an output limit of `limit` bytes (payload): room for the
+/// framing of output that comes in chunks of 1 KiB or more on average (the usual case comes in
+/// 64 KiB chunks, with 0.014% of framing). Output that trickles in tinier chunks stops being
+/// stored at this size, before the payload limit, so a log never exceeds what the worker
+/// reserved for it.
+pub(crate) fn log_cap(limit: u64) -> u64 {
+    limit.saturating_add(limit / 64).saturating_add(4096)
+}
+
+/// The init's end of a log: appends frames until the output limit, then counts what it drops.
+/// A failed write is cut back off (so the log never holds a torn frame in its middle) and ends
+/// storing; the bytes that could not be stored are counted as lost.
 pub(crate) struct LogWriter {
     file: File,
+    /// Length of the valid frames written.
     len: u64,
-    progress: watch::Sender<Progress>,
-}
-
-/// A handle to a job's log from which readers are made. Cheap to clone.
-#[derive(Debug, Clone)]
-pub(crate) struct Log {
-    path: Arc<PathBuf>,
-    progress: watch::Receiver<Progress>,
-}
-
-/// Creates the log file at `path` (which must not exist), readable by the worker only.
-pub(crate) fn create(path: &Path) -> io::Result<(LogWriter, Log)> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    let (progress, rx) = watch::channel(Progress::default());
-    let writer = LogWriter {
-        file,
-        len: 0,
-        progress,
-    };
-    let log = Log {
-        path: Arc::new(path.to_owned()),
-        progress: rx,
-    };
-    Ok((writer, log))
+    /// Most payload bytes to store.
+    limit: u64,
+    /// Most bytes the file may hold (see [`log_cap`]).
+    cap: u64,
+    /// Payload bytes stored.
+    pub(crate) output_bytes: u64,
+    /// Payload bytes read past the limit.
+    pub(crate) dropped_bytes: u64,
+    /// Payload bytes that could not be written.
+    pub(crate) lost_bytes: u64,
+    failed: bool,
 }
 
 impl LogWriter {
-    /// Appends one frame. `frame[..HEADER]` is scratch space for the header; the payload is
-    /// `frame[HEADER..]`, at most [`CHUNK`] bytes. One `write` call per frame.
-    pub(crate) fn append(&mut self, stream: Stream, frame: &mut [u8]) -> io::Result<()> {
-        let payload = frame.len() - HEADER;
-        debug_assert!(payload > 0 && payload <= CHUNK);
-        frame[0] = stream.tag();
-        frame[1..HEADER].copy_from_slice(&(payload as u32).to_le_bytes());
-        self.file.write_all(frame)?;
-        self.len += frame.len() as u64;
-        let len = self.len;
-        self.progress.send_modify(|p| p.len = len);
-        Ok(())
+    /// A writer for the empty log `file`, storing at most `limit` bytes of output.
+    pub(crate) fn new(file: File, limit: u64) -> LogWriter {
+        LogWriter {
+            file,
+            len: 0,
+            limit,
+            cap: log_cap(limit),
+            output_bytes: 0,
+            dropped_bytes: 0,
+            lost_bytes: 0,
+            failed: false,
+        }
     }
 
-    /// A buffer with room for one header and [`CHUNK`] bytes of payload.
+    /// A buffer with room for one header and [`CHUNK`] bytes of payload, every page touched
+    /// (so it is charged to memory now).
     pub(crate) fn frame_buffer() -> Vec<u8> {
-        vec![0; HEADER + CHUNK]
+        vec![1; HEADER + CHUNK]
     }
 
-    /// Where a frame's payload starts in a [`frame_buffer`](Self::frame_buffer).
-    pub(crate) const PAYLOAD: usize = HEADER;
-}
-
-impl LogWriter {
-    /// Records that output was lost, so every reader reports it at the end instead of
-    /// presenting a truncated log as complete.
-    pub(crate) fn mark_lost(&mut self) {
-        self.progress.send_modify(|p| p.lost = true);
-    }
-}
-
-impl Drop for LogWriter {
-    fn drop(&mut self) {
-        self.progress.send_modify(|p| p.closed = true);
-    }
-}
-
-impl Log {
-    /// A reader from the first byte.
-    pub(crate) fn reader(&self, filter: StreamFilter) -> Result<OutputReader, OutputError> {
-        let file = File::open(&*self.path).map_err(|source| OutputError::Read {
-            path: self.path.to_path_buf(),
-            source,
-        })?;
-        Ok(OutputReader {
-            file: Arc::new(file),
-            path: self.path.clone(),
-            progress: self.progress.clone(),
-            filter,
-            offset: 0,
-            pending: Bytes::new(),
-            frame: None,
-        })
+    /// Stores the `n` payload bytes in `frame[HEADER..HEADER + n]` (as much as the limit allows).
+    pub(crate) fn append(&mut self, stream: Stream, frame: &mut [u8], n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.failed {
+            self.lost_bytes += n as u64;
+            return;
+        }
+        let room =
+            (self.limit - self.output_bytes).min(self.cap.saturating_sub(self.len + HEADER as u64));
+        let keep = n.min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.dropped_bytes += (n - keep) as u64;
+        if keep == 0 {
+            return;
+        }
+        let frame = &mut frame[..HEADER + keep];
+        seal_frame(stream, frame);
+        match self.file.write(frame) {
+            Ok(written) if written == frame.len() => {
+                self.len += written as u64;
+                self.output_bytes += keep as u64;
+            }
+            // A short write or an error (ENOSPC, EIO): cut the partial frame back off and stop
+            // storing, so the log stays a sequence of whole frames.
+            _ => {
+                self.failed = true;
+                self.lost_bytes += keep as u64;
+                let _ = self.file.set_len(self.len);
+            }
+        }
     }
 
-    /// The log file's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// Length of the valid frames written.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
     }
 }
 
-/// Reads a job's output from the first byte, following it until the job has ended and
-/// everything has been read. Dropping it releases everything it holds.
+/// What a recovery scan found in a log whose writer did not say how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Length of the leading run of valid frames.
+    pub(crate) valid_len: u64,
+    /// Their payload bytes.
+    pub(crate) output_bytes: u64,
+    /// Whether anything followed them (a torn last write, or damage).
+    pub(crate) trailing: bool,
+}
+
+/// Reads a log from the start and finds where its valid frames end. Blocking.
+pub(crate) fn scan(file: &File) -> io::Result<Scan> {
+    let size = file.metadata()?.len();
+    let mut scan = Scan {
+        valid_len: 0,
+        output_bytes: 0,
+        trailing: false,
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut filled = 0usize;
+    let mut start = 0usize;
+    let mut file_pos = 0u64;
+    loop {
+        match parse(&buf[start..filled]) {
+            Parsed::Frame { len, .. } => {
+                start += len;
+                scan.valid_len += len as u64;
+                scan.output_bytes += (len - HEADER) as u64;
+            }
+            Parsed::Corrupt => break,
+            Parsed::Partial { .. } => {
+                buf.copy_within(start..filled, 0);
+                filled -= start;
+                start = 0;
+                let n = file.read_at(&mut buf[filled..], file_pos)?;
+                if n == 0 {
+                    break;
+                }
+                file_pos += n as u64;
+                filled += n;
+            }
+        }
+    }
+    scan.trailing = scan.valid_len < size;
+    Ok(scan)
+}
+
+/// Reads a job's output from a position, following it until the job has ended and everything
+/// has been read. Dropping it releases everything it holds.
 #[derive(Debug)]
 pub struct OutputReader {
     file: Arc<File>,
     path: Arc<PathBuf>,
-    progress: watch::Receiver<Progress>,
+    /// Ticks whenever the log file grows.
+    grow: watch::Receiver<()>,
+    /// Set once the job has ended: the log is complete.
+    end: watch::Receiver<Option<LogEnd>>,
     filter: StreamFilter,
-    /// File offset of the first byte not yet read into `pending`.
+    /// File offset of `pending`'s first byte: always the start of a frame.
     offset: u64,
-    /// Bytes read from the file and not yet handed out.
+    /// Bytes read from `offset` on and not yet handed out.
     pending: Bytes,
-    /// The frame being handed out: its stream and how many payload bytes remain.
-    frame: Option<(Stream, usize)>,
+    /// Output position (payload bytes of both streams) at `offset`.
+    position: u64,
+    /// Output position to start handing out at.
+    from: u64,
 }
 
 impl OutputReader {
+    /// A reader of the log at `path` from output position `from`.
+    pub(crate) fn open(
+        path: Arc<PathBuf>,
+        grow: watch::Receiver<()>,
+        end: watch::Receiver<Option<LogEnd>>,
+        filter: StreamFilter,
+        from: u64,
+    ) -> Result<OutputReader, OutputError> {
+        let file = File::open(&*path).map_err(|source| OutputError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(OutputReader {
+            file: Arc::new(file),
+            path,
+            grow,
+            end,
+            filter,
+            offset: 0,
+            pending: Bytes::new(),
+            position: 0,
+            from,
+        })
+    }
+
     /// The next chunk, or `None` once the job has ended and all its output was read.
     ///
     /// Cancel-safe: dropping the future loses nothing, the next call resumes where this one was.
     pub async fn next(&mut self) -> Result<Option<Chunk>, OutputError> {
         loop {
-            match self.frame {
-                Some((_, 0)) => self.frame = None,
-                Some((stream, left)) if !self.filter.wants(stream) => {
-                    // Skip the frame: drop what was read of it, seek past the rest.
-                    let have = left.min(self.pending.len());
-                    self.pending.advance(have);
-                    self.offset += (left - have) as u64;
-                    self.frame = None;
-                }
-                Some((stream, left)) if !self.pending.is_empty() => {
-                    let data = self.pending.split_to(left.min(self.pending.len()));
-                    self.frame = Some((stream, left - data.len()));
-                    return Ok(Some(Chunk { stream, data }));
-                }
-                None if self.pending.len() >= HEADER => {
-                    let header = self.pending.split_to(HEADER);
-                    let stream = Stream::from_tag(header[0]).ok_or_else(|| self.corrupt())?;
-                    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-                    self.frame = Some((stream, len as usize));
-                }
-                // Mid-frame with nothing buffered, or less than a header buffered.
-                _ => {
-                    if !self.fill().await? {
-                        if self.frame.is_some() || !self.pending.is_empty() {
-                            return Err(self.corrupt());
-                        }
-                        if self.progress.borrow().lost {
-                            return Err(OutputError::Incomplete(self.path.to_path_buf()));
-                        }
-                        return Ok(None);
+            let need = match parse(&self.pending) {
+                Parsed::Frame { stream, len } => {
+                    if let Some(chunk) = self.take_frame(stream, len) {
+                        return Ok(Some(chunk));
                     }
+                    continue;
                 }
+                Parsed::Corrupt => {
+                    return Err(OutputError::Corrupt {
+                        path: self.path.to_path_buf(),
+                        at: self.offset,
+                    });
+                }
+                Parsed::Partial { need } => need,
+            };
+            // Sampled before reading: if the job had ended by now, this read sees its whole log.
+            let end = *self.end.borrow();
+            self.grow.borrow_and_update();
+            let limit = end.map_or(u64::MAX, |e| e.len);
+            // Bytes past the valid end of a finished log (a torn write the writer cut back off
+            // after this reader saw it) are not part of the log.
+            let valid = usize::try_from(limit.saturating_sub(self.offset)).unwrap_or(usize::MAX);
+            if self.pending.len() > valid {
+                self.pending.truncate(valid);
+            }
+            let have = self.pending.len();
+            if self.offset + (have as u64) < limit && self.fill(need, limit).await? > have {
+                continue;
+            }
+            if let Some(end) = end {
+                return self.finish(end);
+            }
+            tokio::select! {
+                changed = self.grow.changed() => changed.map_err(|_| OutputError::Closed)?,
+                changed = self.end.changed() => changed.map_err(|_| OutputError::Closed)?,
             }
         }
     }
 
-    fn corrupt(&self) -> OutputError {
-        OutputError::Corrupt(self.path.to_path_buf())
+    /// Hands out the verified frame at the start of `pending`, or skips it (a stream not
+    /// wanted, or before the start position). `None` when skipped.
+    fn take_frame(&mut self, stream: Stream, len: usize) -> Option<Chunk> {
+        let payload = (len - HEADER) as u64;
+        let frame_at = self.position;
+        let mut data = self.pending.slice(HEADER..len);
+        self.pending.advance(len);
+        if self.pending.is_empty() {
+            // Release the read window now, not at the next read: an idle follower holds nothing.
+            self.pending = Bytes::new();
+        }
+        self.offset += len as u64;
+        self.position += payload;
+        if frame_at + payload <= self.from || !self.filter.wants(stream) {
+            return None;
+        }
+        let offset = frame_at.max(self.from);
+        data.advance((offset - frame_at) as usize);
+        Some(Chunk {
+            stream,
+            offset,
+            data,
+        })
     }
 
-    /// Waits for committed bytes past our offset and reads a chunk of them into `pending`.
-    /// Returns false at the end of the log.
-    async fn fill(&mut self) -> Result<bool, OutputError> {
-        let committed = loop {
-            let progress = *self.progress.borrow_and_update();
-            if progress.len > self.offset {
-                break progress.len;
-            }
-            if progress.closed {
-                return Ok(false);
-            }
-            if self.progress.changed().await.is_err() {
-                // The writer is gone (its Drop marked the log closed); re-check once.
-                let progress = *self.progress.borrow();
-                if progress.len > self.offset {
-                    break progress.len;
-                }
-                return Ok(false);
-            }
-        };
-        let want = (committed - self.offset).min((HEADER + CHUNK) as u64) as usize;
+    /// At the end of a finished log.
+    fn finish(&mut self, end: LogEnd) -> Result<Option<Chunk>, OutputError> {
+        if !self.pending.is_empty() {
+            // A frame runs past the valid end: the worker cuts torn frames off before
+            // publishing the end, so this is damage.
+            return Err(OutputError::Corrupt {
+                path: self.path.to_path_buf(),
+                at: self.offset,
+            });
+        }
+        if self.from > self.position {
+            return Err(OutputError::OffsetPastEnd {
+                offset: self.from,
+                len: self.position,
+            });
+        }
+        if end.lost {
+            return Err(OutputError::Incomplete(self.path.to_path_buf()));
+        }
+        Ok(None)
+    }
+
+    /// Reads a window from `offset` (re-reading any partial frame held, so frames are never
+    /// joined from two buffers) into `pending`, at least `need` bytes if the file has them and
+    /// never past `limit`. Returns how many bytes `pending` holds now.
+    async fn fill(&mut self, need: usize, limit: u64) -> Result<usize, OutputError> {
+        let room = usize::try_from(limit - self.offset).unwrap_or(usize::MAX);
+        let want = need.max(WINDOW).min(room);
         let read_error = |source| OutputError::Read {
             path: self.path.to_path_buf(),
             source,
@@ -306,28 +492,34 @@ impl OutputReader {
             None => {
                 let file = self.file.clone();
                 let offset = self.offset;
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = BytesMut::zeroed(want);
-                    file.read_exact_at(&mut buf, offset).map(|()| buf)
-                })
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r)
-                .map_err(read_error)?
+                tokio::task::spawn_blocking(move || read_at(&file, offset, want))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(read_error)?
             }
         };
-        self.offset += read.len() as u64;
-        self.pending = if self.pending.is_empty() {
-            read.freeze()
-        } else {
-            // A header split across two reads: join its pieces (at most HEADER-1 bytes held).
-            let mut joined = BytesMut::with_capacity(self.pending.len() + read.len());
-            joined.extend_from_slice(&self.pending);
-            joined.extend_from_slice(&read);
-            joined.freeze()
-        };
-        Ok(true)
+        if read.len() > self.pending.len() {
+            self.pending = read.freeze();
+        }
+        Ok(self.pending.len())
     }
+}
+
+/// Reads up to `want` bytes at `offset`, fewer at the end of the file. Blocking.
+fn read_at(file: &File, offset: u64, want: usize) -> io::Result<BytesMut> {
+    let mut buf = BytesMut::zeroed(want);
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
 }
 
 /// Reads up to `want` bytes at `offset` if the page cache holds (the first of) them, without
@@ -347,7 +539,7 @@ fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Option<Bytes
     // holds at least `want` bytes.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
     match usize::try_from(n) {
-        // Nothing cached at the offset: the blocking read will report a real end of file.
+        // Nothing cached at the offset, or the end of the file: the blocking read tells which.
         Ok(0) => Ok(None),
         Ok(n) => {
             // SAFETY: the kernel initialised the first `n` bytes.
@@ -366,29 +558,238 @@ fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Option<Bytes
     }
 }
 
+/// The path of a job's log inside its directory.
+pub(crate) fn log_path(job_dir: &Path) -> PathBuf {
+    job_dir.join("output.log")
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn cached_bytes_are_read_without_the_blocking_pool() {
+    /// Encodes frames the way the init writes them.
+    pub(crate) fn frames(chunks: &[(Stream, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (stream, data) in chunks {
+            for piece in data.chunks(CHUNK) {
+                let mut frame = vec![0u8; HEADER + piece.len()];
+                frame[HEADER..].copy_from_slice(piece);
+                seal_frame(*stream, &mut frame);
+                out.extend_from_slice(&frame);
+            }
+        }
+        out
+    }
+
+    fn finished(bytes: &[u8]) -> (tempfile::TempDir, Arc<PathBuf>, LogEnd) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("log");
-        std::fs::write(&path, b"just written, so in the page cache").expect("write");
-        let file = File::open(&path).expect("open");
+        let path = Arc::new(dir.path().join("log"));
+        std::fs::write(&*path, bytes).expect("write");
+        let end = LogEnd {
+            len: bytes.len() as u64,
+            output_bytes: 0,
+            lost: false,
+        };
+        (dir, path, end)
+    }
 
-        let read = read_cached(&file, 5, 7).expect("read");
+    async fn read_all(
+        path: Arc<PathBuf>,
+        end: LogEnd,
+        filter: StreamFilter,
+        from: u64,
+    ) -> Result<Vec<Chunk>, OutputError> {
+        let (_grow_tx, grow) = watch::channel(());
+        let (_end_tx, end) = watch::channel(Some(end));
+        let mut reader = OutputReader::open(path, grow, end, filter, from)?;
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next().await? {
+            chunks.push(chunk);
+        }
+        Ok(chunks)
+    }
 
-        assert_eq!(read.as_deref(), Some(&b"written"[..]));
+    fn joined(chunks: &[Chunk]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.data.iter().copied()).collect()
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_back_with_their_stream_and_position() {
+        let big = vec![7u8; CHUNK + 10];
+        let log = frames(&[
+            (Stream::Stdout, b"hello "),
+            (Stream::Stderr, b"oops"),
+            (Stream::Stdout, &big),
+        ]);
+        let (_dir, path, end) = finished(&log);
+        let chunks = read_all(path, end, StreamFilter::Both, 0)
+            .await
+            .expect("read");
+        let summary: Vec<(Stream, u64, usize)> = chunks
+            .iter()
+            .map(|c| (c.stream, c.offset, c.data.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Stream::Stdout, 0, 6),
+                (Stream::Stderr, 6, 4),
+                (Stream::Stdout, 10, CHUNK),
+                (Stream::Stdout, 10 + CHUNK as u64, 10),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_resumes_at_any_position_without_gap_or_duplicate() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let log = frames(&[
+            (Stream::Stdout, &data[..100_000]),
+            (Stream::Stderr, &data[100_000..100_003]),
+            (Stream::Stdout, &data[100_003..]),
+        ]);
+        let (_dir, path, end) = finished(&log);
+        for from in [
+            0u64, 1, 65_535, 65_536, 99_999, 100_001, 100_003, 199_999, 200_000,
+        ] {
+            let chunks = read_all(path.clone(), end, StreamFilter::Both, from)
+                .await
+                .expect("read");
+            assert_eq!(joined(&chunks), &data[from as usize..], "from {from}");
+            if let Some(first) = chunks.first() {
+                assert_eq!(first.offset, from);
+            }
+        }
+        let past = read_all(path, end, StreamFilter::Both, 200_001).await;
+        assert!(
+            matches!(
+                past,
+                Err(OutputError::OffsetPastEnd {
+                    offset: 200_001,
+                    len: 200_000
+                })
+            ),
+            "{past:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_filter_keeps_one_stream_and_positions_count_both() {
+        let log = frames(&[
+            (Stream::Stdout, b"out1"),
+            (Stream::Stderr, b"err1"),
+            (Stream::Stdout, b"out2"),
+        ]);
+        let (_dir, path, end) = finished(&log);
+        let chunks = read_all(path, end, StreamFilter::Stdout, 0)
+            .await
+            .expect("read");
+        assert_eq!(joined(&chunks), b"out1out2");
+        assert_eq!(chunks[1].offset, 8);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_anywhere_is_reported_not_delivered() {
+        let log = frames(&[(Stream::Stdout, b"0123456789"), (Stream::Stderr, b"abc")]);
+        for at in 0..log.len() {
+            let mut bad = log.clone();
+            bad[at] ^= 0x04;
+            let (_dir, path, end) = finished(&bad);
+            let result = read_all(path, end, StreamFilter::Both, 0).await;
+            match result {
+                Err(OutputError::Corrupt { .. }) => {}
+                Ok(chunks) => panic!("flip at {at} delivered {:?}", joined(&chunks)),
+                Err(other) => panic!("flip at {at}: unexpected {other}"),
+            }
+        }
     }
 
     #[test]
-    fn nothing_past_the_end_is_left_to_the_blocking_read_to_report() {
+    fn a_scan_finds_the_end_of_the_valid_frames() {
+        let good = frames(&[(Stream::Stdout, &[1u8; 70_000]), (Stream::Stderr, b"xy")]);
+        let mut torn = good.clone();
+        torn.extend_from_slice(&frames(&[(Stream::Stdout, b"lost tail")])[..12]);
+        let (_dir, path, _) = finished(&torn);
+        let file = File::open(&*path).expect("open");
+        assert_eq!(
+            scan(&file).expect("scan"),
+            Scan {
+                valid_len: good.len() as u64,
+                output_bytes: 70_002,
+                trailing: true,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_sees_appended_frames_and_ends_with_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Arc::new(dir.path().join("log"));
+        let file = File::create(&*path).expect("create");
+        let (grow_tx, grow) = watch::channel(());
+        let (end_tx, end) = watch::channel(None);
+        let mut reader =
+            OutputReader::open(path.clone(), grow, end, StreamFilter::Both, 0).expect("open");
+        let mut writer = LogWriter::new(file, u64::MAX);
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            while let Some(chunk) = reader.next().await.expect("next") {
+                all.extend_from_slice(&chunk.data);
+            }
+            all
+        });
+        let mut expected = Vec::new();
+        for i in 0..50u8 {
+            let mut buf = LogWriter::frame_buffer();
+            let text = format!("line {i}\n");
+            buf[HEADER..HEADER + text.len()].copy_from_slice(text.as_bytes());
+            writer.append(Stream::Stdout, &mut buf, text.len());
+            expected.extend_from_slice(text.as_bytes());
+            grow_tx.send_replace(());
+            tokio::task::yield_now().await;
+        }
+        end_tx.send_replace(Some(LogEnd {
+            len: writer.len(),
+            output_bytes: writer.output_bytes,
+            lost: false,
+        }));
+        assert_eq!(reading.await.expect("reader"), expected);
+    }
+
+    #[test]
+    fn the_writer_stops_storing_at_its_limit_and_counts_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log");
-        std::fs::write(&path, b"short").expect("write");
-        let file = File::open(&path).expect("open");
+        let file = File::create(&path).expect("create");
+        let mut writer = LogWriter::new(file, 15);
+        for _ in 0..3 {
+            let mut buf = LogWriter::frame_buffer();
+            writer.append(Stream::Stdout, &mut buf, 10);
+        }
+        assert_eq!(writer.output_bytes, 15);
+        assert_eq!(writer.dropped_bytes, 15);
+        assert_eq!(writer.len(), std::fs::metadata(&path).expect("stat").len());
+        assert_eq!(writer.len(), 2 * HEADER as u64 + 15);
+    }
 
-        assert!(read_cached(&file, 5, 10).expect("read").is_none());
+    #[test]
+    fn output_in_tiny_chunks_stops_at_the_log_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let file = File::create(&path).expect("create");
+        let limit = 64 * 1024;
+        let mut writer = LogWriter::new(file, limit);
+        for _ in 0..100_000 {
+            let mut buf = LogWriter::frame_buffer();
+            writer.append(Stream::Stdout, &mut buf, 1);
+        }
+        assert!(
+            writer.len() <= log_cap(limit),
+            "{} > {}",
+            writer.len(),
+            log_cap(limit)
+        );
+        assert!(writer.output_bytes < limit);
+        assert_eq!(writer.output_bytes + writer.dropped_bytes, 100_000);
     }
 }

@@ -1,41 +1,62 @@
-//! Starting a job's init: one `clone3` into fresh namespaces, then exec.
+//! Starting a job's init: one `clone3` into fresh namespaces and the job's cgroup, then exec.
 //!
 //! The worker runs inside a multi-threaded async runtime, so between clone and exec the child may
 //! only make async-signal-safe system calls on values prepared beforehand: no allocation, no
-//! locks, no Rust runtime. Everything else — mounts, hostname, network, privileges — happens in
-//! the init after exec (see [`crate::init`]). The child:
+//! locks, no Rust runtime. Everything else — the filesystem view, hostname, network, the
+//! command — happens in the init after exec (see [`crate::init`]). The child:
 //!
-//! 1. asks for SIGKILL when its parent dies (so a crashed worker takes its jobs along), and
-//!    writes `0` to each of the job cgroup's `cgroup.procs` files (which moves the writer
-//!    itself), so the job is limited before its first instruction;
-//! 2. puts /dev/null, the two output pipes and the status pipe on fds 0-3;
-//! 3. execs the init program.
+//! 1. on cgroup v1, writes `0` to each of the job cgroup's `cgroup.procs` files (which moves the
+//!    writer itself); on v2 the kernel already placed it with `CLONE_INTO_CGROUP` — either way
+//!    the job is limited before its first instruction;
+//! 2. installs /dev/null and the init's descriptors on fds 0 to 7 ([`crate::protocol`]);
+//! 3. execs the init program through the descriptor the worker opened at start-up
+//!    (`execveat(AT_EMPTY_PATH)`), so every job runs the very binary the worker started with,
+//!    even if a package upgrade replaced the file since.
 //!
 //! A failure in the child is reported on the status pipe like any other start failure.
+//!
+//! This is the only place in the crate with raw `libc` calls between fork and exec.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::protocol::{self, STATUS_FD, Stage};
+use crate::protocol::{INIT_FDS, STATUS_FD, Stage, StatusRecord};
 
 /// The running init, as seen by the worker.
 pub(crate) struct Spawned {
     /// Refers to the init process for as long as we hold it, immune to PID reuse.
     pub(crate) pidfd: OwnedFd,
-    /// Read ends of the command's stdout and stderr.
-    pub(crate) stdout: File,
-    pub(crate) stderr: File,
-    /// Read end of the status pipe (see [`crate::protocol`]).
+    /// Its pid on the host, for the job's record.
+    pub(crate) pid: i32,
+    /// Read end of the status pipe ([`StatusRecord`]s).
     pub(crate) status: File,
 }
 
-/// What the init is exec'd with. Built before the clone, read-only after it.
-pub(crate) struct InitCommand {
-    pub(crate) program: CString,
-    pub(crate) argv: Vec<CString>,
-    pub(crate) envp: Vec<CString>,
+/// How the new process joins the job's cgroup.
+pub(crate) enum CgroupJoin<'a> {
+    /// cgroup v1: the child writes "0" to each of these `cgroup.procs` files.
+    Procs(Vec<RawFd>),
+    /// cgroup v2: `CLONE_INTO_CGROUP` with this directory.
+    Into(BorrowedFd<'a>),
+}
+
+/// Everything the init is started with. Built before the clone, read-only after it.
+pub(crate) struct InitLaunch<'a> {
+    /// The init program, opened once by the worker.
+    pub(crate) program: BorrowedFd<'a>,
+    pub(crate) argv: &'a [CString],
+    pub(crate) envp: &'a [CString],
+    /// The job's log, open for writing.
+    pub(crate) log: BorrowedFd<'a>,
+    /// The job's directory.
+    pub(crate) job_dir: BorrowedFd<'a>,
+    /// The sealed memfd with the syscall filter.
+    pub(crate) seccomp: BorrowedFd<'a>,
+    /// The lifeline's read end, when the job dies with the daemon.
+    pub(crate) lifeline: Option<BorrowedFd<'a>>,
+    pub(crate) cgroup: CgroupJoin<'a>,
 }
 
 /// Namespaces every job gets. `CLONE_NEWPID` makes the init PID 1 of the new namespace.
@@ -44,8 +65,10 @@ const NAMESPACES: u64 = (libc::CLONE_NEWPID
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC) as u64;
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in every libc binding.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Layout of the kernel's `struct clone_args` (first version, 64 bytes).
+/// Layout of the kernel's `struct clone_args` (version 2, 88 bytes, with `cgroup`).
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -57,53 +80,85 @@ struct CloneArgs {
     stack: u64,
     stack_size: u64,
     tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
 
-fn pipe() -> io::Result<(File, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the array; both ends are owned right after.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
+/// A descriptor numbered at least [`INIT_FDS`], so that installing fds 0..INIT_FDS in the child
+/// can never overwrite a source before it is used. `None` when `fd` already is.
+fn above_init_fds(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    if fd.as_raw_fd() >= INIT_FDS as RawFd {
+        return Ok(None);
     }
-    // SAFETY: fresh descriptors that nothing else owns.
-    unsafe { Ok((File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(INIT_FDS as RawFd))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .map_err(io::Error::from)
 }
 
-/// Clones the init into new namespaces and the given cgroups and execs it.
-pub(crate) fn spawn(init: &InitCommand, cgroup_procs: &[RawFd]) -> io::Result<Spawned> {
-    let (stdout, stdout_w) = pipe()?;
-    let (stderr, stderr_w) = pipe()?;
-    let (status, status_w) = pipe()?;
+/// Clones the init into new namespaces and its cgroup and execs it.
+pub(crate) fn spawn(launch: &InitLaunch<'_>) -> io::Result<Spawned> {
+    let (status, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let null = File::open("/dev/null")?;
-
-    let argv: Vec<*const libc::c_char> = init
+    let mut sources: [BorrowedFd<'_>; INIT_FDS] = [
+        null.as_fd(),
+        null.as_fd(),
+        null.as_fd(),
+        status_w.as_fd(),
+        launch.log,
+        launch.job_dir,
+        launch.seccomp,
+        launch.lifeline.unwrap_or(null.as_fd()),
+    ];
+    // Keeps the duplicates alive until after the clone.
+    let mut moved = Vec::new();
+    for source in &mut sources {
+        if let Some(dup) = above_init_fds(*source)? {
+            moved.push(dup);
+            let last = moved.len() - 1;
+            // SAFETY: the duplicate lives in `moved` until this function returns.
+            *source = unsafe { BorrowedFd::borrow_raw(moved[last].as_raw_fd()) };
+        }
+    }
+    let sources: [RawFd; INIT_FDS] = sources.map(|fd| fd.as_raw_fd());
+    if launch.program.as_raw_fd() < INIT_FDS as RawFd {
+        return Err(io::Error::other(
+            "the init program's descriptor is below the init's fds",
+        ));
+    }
+    let argv: Vec<*const libc::c_char> = launch
         .argv
         .iter()
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let envp: Vec<*const libc::c_char> = init
+    let envp: Vec<*const libc::c_char> = launch
         .envp
         .iter()
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    // Sources for fds 0..=3, in order. A source may itself be a low number (if the worker's own
-    // stdio is closed, which Worker::new rules out) — see `install`.
-    let targets = [
-        null.as_raw_fd(),
-        stdout_w.as_raw_fd(),
-        stderr_w.as_raw_fd(),
-        status_w.as_raw_fd(),
-    ];
+    let (procs, into) = match &launch.cgroup {
+        CgroupJoin::Procs(fds) => (fds.as_slice(), None),
+        CgroupJoin::Into(fd) => (&[][..], Some(fd.as_raw_fd())),
+    };
 
     let mut pidfd: RawFd = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: NAMESPACES | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
+    if let Some(dir) = into {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = dir as u64;
+    }
+    let program = launch.program.as_raw_fd();
+    let status_raw = status_w.as_raw_fd();
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the child gets a
     // copy of this address space. The child only calls `child`, which is async-signal-safe.
     let ret = unsafe {
@@ -115,20 +170,19 @@ pub(crate) fn spawn(init: &InitCommand, cgroup_procs: &[RawFd]) -> io::Result<Sp
     };
     if ret == 0 {
         // SAFETY: in the child; never returns.
-        unsafe { child(init, &argv, &envp, &targets, cgroup_procs) }
+        unsafe { child(program, &argv, &envp, &sources, procs, status_raw) }
     }
     if ret == -1 {
         return Err(io::Error::last_os_error());
     }
-    // The child's ends are dropped here, so our read ends see end of file once the job is gone.
-    drop((stdout_w, stderr_w, status_w, null));
+    // The child's ends are dropped here, so our read end sees end of file once the init is gone.
+    drop((status_w, null, moved));
     // SAFETY: the kernel stored a fresh pidfd for the child.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Spawned {
         pidfd,
-        stdout,
-        stderr,
-        status,
+        pid: ret as i32,
+        status: File::from(status),
     })
 }
 
@@ -137,39 +191,35 @@ pub(crate) fn spawn(init: &InitCommand, cgroup_procs: &[RawFd]) -> io::Result<Sp
 /// # Safety
 /// Must only be called in the child of a fork-like clone.
 unsafe fn child(
-    init: &InitCommand,
+    program: RawFd,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
-    targets: &[RawFd; 4],
+    sources: &[RawFd; INIT_FDS],
     cgroup_procs: &[RawFd],
+    status: RawFd,
 ) -> ! {
     // SAFETY (whole body): raw system calls on descriptors and buffers prepared by the parent.
     unsafe {
-        // If the worker dies (even by SIGKILL), the kernel kills the init and so the whole job:
-        // no job outlives its owner. The "parent" here is the supervisor thread that cloned us,
-        // which lives until it has reaped the init.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
-            fail(targets[3], Stage::ExecInit);
-        }
         for &fd in cgroup_procs {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(targets[3], Stage::CgroupAttach);
+                fail(status, Stage::CgroupAttach);
             }
         }
-        for (to, &from) in targets.iter().enumerate() {
-            let to = to as RawFd;
-            let ok = if from == to {
-                // dup2 onto itself would keep close-on-exec set.
-                libc::fcntl(to, libc::F_SETFD, 0) != -1
-            } else {
-                libc::dup2(from, to) != -1
-            };
-            if !ok {
-                // The status pipe may not be in place yet; exit status 127 still tells.
-                libc::_exit(127);
+        for (to, &from) in sources.iter().enumerate() {
+            // Every source is >= INIT_FDS > to: dup2 never sees equal numbers, and clears
+            // close-on-exec on the copy.
+            if libc::dup2(from, to as RawFd) == -1 {
+                fail(status, Stage::ExecInit);
             }
         }
-        libc::execve(init.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::syscall(
+            libc::SYS_execveat,
+            program,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
         fail(STATUS_FD, Stage::ExecInit)
     }
 }
@@ -179,54 +229,12 @@ unsafe fn fail(fd: RawFd, stage: Stage) -> ! {
     // SAFETY: __errno_location, write and _exit are async-signal-safe.
     unsafe {
         let errno = *libc::__errno_location();
-        let rec = protocol::record(protocol::ERROR, stage as u8, errno);
-        libc::write(fd, rec.as_ptr().cast(), rec.len());
+        let record = StatusRecord::Failed {
+            stage,
+            errno: errno.max(1),
+        }
+        .encode();
+        libc::write(fd, record.as_ptr().cast(), record.len());
         libc::_exit(127)
-    }
-}
-
-/// Sends `signal` to the process behind `pidfd`. A process that has already exited is not an
-/// error.
-pub(crate) fn signal(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
-    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if ret == -1 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ESRCH) {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
-/// Waits for the process behind `pidfd` to exit and reaps it. Blocking.
-pub(crate) fn wait(pidfd: &OwnedFd) -> io::Result<libc::siginfo_t> {
-    loop {
-        // SAFETY: siginfo is plain data the kernel fills in.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid on a pidfd we own.
-        let ret = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED,
-            )
-        };
-        if ret == 0 {
-            return Ok(info);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
     }
 }

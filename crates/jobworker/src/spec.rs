@@ -1,17 +1,25 @@
 //! What a job runs and the resources it may use, validated before anything is created.
 
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The largest request pieces accepted, so a caller cannot make the worker allocate without bound.
-const MAX_ARGS: usize = 4096;
-const MAX_ENV: usize = 1024;
-const MAX_TOTAL_BYTES: usize = 1 << 20;
-const MAX_PATH_BYTES: usize = 4096;
+/// The most arguments a command may have.
+pub const MAX_ARGS: usize = 4096;
+/// The most environment variables a job may be given.
+pub const MAX_ENV: usize = 1024;
+/// The most bytes of program, arguments and environment together (each with its NUL).
+pub const MAX_TOTAL_BYTES: usize = 1 << 20;
+/// The longest single argument or `KEY=VALUE` environment entry, NUL included: the kernel's
+/// `MAX_ARG_STRLEN` (32 pages), above which `execve` fails with E2BIG.
+pub const MAX_ARG_BYTES: usize = 128 * 1024;
+/// The longest program or working directory path.
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// What to run: an executable, its arguments, its environment and working directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandSpec {
     /// An absolute path, or a name looked up in the job's `PATH`.
     pub program: String,
@@ -20,7 +28,7 @@ pub struct CommandSpec {
     /// The job's whole environment; a minimal `PATH` is added when absent. Nothing is
     /// inherited from the worker's own environment.
     pub env: Vec<(String, String)>,
-    /// Working directory inside the job; `/` when `None`.
+    /// Working directory inside the job's filesystem view; `/` when `None`.
     pub working_dir: Option<PathBuf>,
 }
 
@@ -37,86 +45,133 @@ impl CommandSpec {
         }
     }
 
-    /// Rejects what cannot be exec'd at all: an empty program, NUL bytes, oversized input.
-    pub(crate) fn validate(&self) -> Result<(), Error> {
+    /// Rejects what cannot be exec'd: an empty program, NUL bytes, an argument or variable the
+    /// kernel would refuse, oversized input, a relative or non-normal working directory.
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |why: String| Err(Error::InvalidCommand(why));
         if self.program.is_empty() {
             return bad("the command is empty".into());
         }
-        if self.program.len() > MAX_PATH_BYTES {
-            return bad(format!("the command is longer than {MAX_PATH_BYTES} bytes"));
+        if self.program.len() >= MAX_PATH_BYTES {
+            return bad(format!(
+                "the command is {} bytes long; the limit is {} bytes",
+                self.program.len(),
+                MAX_PATH_BYTES - 1
+            ));
         }
         if self.args.len() > MAX_ARGS {
-            return bad(format!("more than {MAX_ARGS} arguments"));
+            return bad(format!(
+                "{} arguments; the limit is {MAX_ARGS}",
+                self.args.len()
+            ));
         }
         if self.env.len() > MAX_ENV {
-            return bad(format!("more than {MAX_ENV} environment variables"));
+            return bad(format!(
+                "{} environment variables; the limit is {MAX_ENV}",
+                self.env.len()
+            ));
         }
-        let strings = std::iter::once(self.program.as_str())
-            .chain(self.args.iter().map(String::as_str))
-            .chain(self.env.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]));
-        let mut total = 0usize;
-        for s in strings {
-            if s.contains('\0') {
-                return bad(format!("{s:?} contains a NUL byte"));
+        let mut total = self.program.len() + 1;
+        for (i, arg) in self.args.iter().enumerate() {
+            if arg.contains('\0') {
+                return bad(format!("argument {} contains a NUL byte", i + 1));
             }
-            total += s.len() + 1;
+            if arg.len() >= MAX_ARG_BYTES {
+                return bad(format!(
+                    "argument {} is {} bytes long; the kernel's limit for one argument is {} bytes",
+                    i + 1,
+                    arg.len(),
+                    MAX_ARG_BYTES - 1
+                ));
+            }
+            total += arg.len() + 1;
+        }
+        if self.program.contains('\0') {
+            return bad("the command contains a NUL byte".into());
+        }
+        for (key, value) in &self.env {
+            let shown: String = key.chars().take(64).collect();
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return bad(format!(
+                    "environment variable name {shown:?} is empty or contains '=' or a NUL byte"
+                ));
+            }
+            if value.contains('\0') {
+                return bad(format!("environment variable {shown} contains a NUL byte"));
+            }
+            let entry = key.len() + 1 + value.len();
+            if entry >= MAX_ARG_BYTES {
+                return bad(format!(
+                    "environment variable {shown} is {entry} bytes long; the kernel's limit \
+                     for one entry is {} bytes",
+                    MAX_ARG_BYTES - 1
+                ));
+            }
+            total += entry + 1;
         }
         if total > MAX_TOTAL_BYTES {
             return bad(format!(
-                "command, arguments and environment exceed {MAX_TOTAL_BYTES} bytes"
+                "command, arguments and environment take {total} bytes; the limit is \
+                 {MAX_TOTAL_BYTES}"
             ));
-        }
-        for (key, _) in &self.env {
-            if key.is_empty() || key.contains('=') {
-                return bad(format!(
-                    "environment variable name {key:?} is empty or contains '='"
-                ));
-            }
         }
         if let Some(dir) = &self.working_dir {
             let bytes = dir.as_os_str().as_encoded_bytes();
-            if !dir.is_absolute() {
+            if bytes.len() >= MAX_PATH_BYTES || bytes.contains(&0) {
                 return bad(format!(
-                    "working directory {} is not an absolute path",
-                    dir.display()
+                    "the working directory is longer than {} bytes or contains a NUL byte",
+                    MAX_PATH_BYTES - 1
                 ));
             }
-            if bytes.len() > MAX_PATH_BYTES || bytes.contains(&0) {
-                return bad("working directory is too long or contains a NUL byte".into());
+            let normal = dir
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            if !dir.is_absolute() || !normal {
+                return bad(format!(
+                    "working directory {} must be an absolute path without '.' or '..'",
+                    dir.display()
+                ));
             }
         }
         Ok(())
     }
 }
 
-/// Resource limits of one job. `None` means "the worker's default" (which may itself be none).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Resource limits of one job. `None` means "the worker's default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// CPUs the job may use (0.5 = half of one CPU), enforced as a CFS bandwidth quota.
     pub cpus: Option<f64>,
-    /// Memory in bytes; swap is not allowed, so this bounds memory + swap.
+    /// Memory in bytes; swap is not allowed, so this bounds memory + swap. The job's private
+    /// tmpfs mounts (/tmp, ...) are charged to it too.
     pub memory_bytes: Option<u64>,
-    /// Bytes per second read from the device backing the working directory.
+    /// Bytes per second read from the block devices behind the job's filesystem view.
     pub io_read_bps: Option<u64>,
-    /// Bytes per second written to the device backing the working directory.
+    /// Bytes per second written to those devices.
     pub io_write_bps: Option<u64>,
-    /// Read operations per second on that device.
+    /// Read operations per second on those devices.
     pub io_read_iops: Option<u64>,
-    /// Write operations per second on that device.
+    /// Write operations per second on those devices.
     pub io_write_iops: Option<u64>,
     /// Maximum number of processes (and threads) in the job.
     pub pids: Option<u64>,
+    /// Most bytes of output the job's log keeps (9 bytes of framing per chunk included);
+    /// output past it is counted and dropped.
+    pub output_bytes: Option<u64>,
 }
 
 /// Below this a job cannot even start its init (the cgroup charges page tables, stacks, libc).
 pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
 /// The kernel's smallest CFS quota is 1 ms per 100 ms period.
 pub const MIN_CPUS: f64 = 0.01;
+/// The most CPUs a limit may name (a sanity bound; the worker's own maximum is lower).
+pub const MAX_CPUS: f64 = 1024.0;
 /// The init and the command are two processes.
 pub const MIN_PIDS: u64 = 2;
-/// Anything larger is a typo, not a limit (and would overflow the kernel's fields).
-const MAX_REASONABLE: u64 = 1 << 62;
+/// The kernel's `PID_MAX_LIMIT` on 64-bit machines: no system has more pids than this.
+pub const MAX_PIDS: u64 = 4 << 20;
+/// Larger byte counts would overflow the kernel's page counters.
+pub const MAX_BYTES: u64 = 1 << 62;
 
 impl Limits {
     /// Each field of `self`, or of `defaults` where `self` has none.
@@ -129,6 +184,7 @@ impl Limits {
             io_read_iops: self.io_read_iops.or(defaults.io_read_iops),
             io_write_iops: self.io_write_iops.or(defaults.io_write_iops),
             pids: self.pids.or(defaults.pids),
+            output_bytes: self.output_bytes.or(defaults.output_bytes),
         }
     }
 
@@ -140,22 +196,22 @@ impl Limits {
             || self.io_write_iops.is_some()
     }
 
-    /// Rejects zero, negative, non-finite and absurd values with a message naming the limit.
+    /// Rejects zero, negative, non-finite and out-of-range values with a message naming the
+    /// limit and its range.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |why: String| Err(Error::InvalidLimit(why));
-        if let Some(cpus) = self.cpus {
-            let max = 1024.0;
-            if !cpus.is_finite() || !(MIN_CPUS..=max).contains(&cpus) {
-                return bad(format!(
-                    "cpus must be between {MIN_CPUS} and {max}, got {cpus}"
-                ));
-            }
-        }
-        if let Some(memory) = self.memory_bytes
-            && !(MIN_MEMORY_BYTES..=MAX_REASONABLE).contains(&memory)
+        if let Some(cpus) = self.cpus
+            && (!cpus.is_finite() || !(MIN_CPUS..=MAX_CPUS).contains(&cpus))
         {
             return bad(format!(
-                "memory must be at least {} MiB, got {memory} bytes",
+                "cpus must be between {MIN_CPUS} and {MAX_CPUS}, got {cpus}"
+            ));
+        }
+        if let Some(memory) = self.memory_bytes
+            && !(MIN_MEMORY_BYTES..=MAX_BYTES).contains(&memory)
+        {
+            return bad(format!(
+                "memory must be between {} MiB and {MAX_BYTES} bytes, got {memory} bytes",
                 MIN_MEMORY_BYTES >> 20
             ));
         }
@@ -167,16 +223,73 @@ impl Limits {
         ];
         for (name, value) in io {
             if let Some(v) = value
-                && (v == 0 || v > MAX_REASONABLE)
+                && !(1..=MAX_BYTES).contains(&v)
             {
-                return bad(format!("{name} must be a positive number, got {v}"));
+                return bad(format!("{name} must be between 1 and {MAX_BYTES}, got {v}"));
             }
         }
         if let Some(pids) = self.pids
-            && !(MIN_PIDS..=MAX_REASONABLE).contains(&pids)
+            && !(MIN_PIDS..=MAX_PIDS).contains(&pids)
         {
-            return bad(format!("pids must be at least {MIN_PIDS}, got {pids}"));
+            return bad(format!(
+                "pids must be between {MIN_PIDS} and {MAX_PIDS} (the kernel's maximum), got {pids}"
+            ));
+        }
+        if let Some(output) = self.output_bytes
+            && output > MAX_BYTES
+        {
+            return bad(format!(
+                "output must be at most {MAX_BYTES} bytes, got {output}"
+            ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_argument_at_the_kernel_limit_is_refused_with_the_limit() {
+        let ok = CommandSpec::new("true", ["x".repeat(MAX_ARG_BYTES - 1)]);
+        assert!(ok.validate().is_ok());
+        let too_long = CommandSpec::new("true", ["x".repeat(MAX_ARG_BYTES)]);
+        let err = too_long.validate().expect_err("refused").to_string();
+        assert!(err.contains("131071"), "{err}");
+    }
+
+    #[test]
+    fn an_environment_entry_at_the_kernel_limit_is_refused() {
+        let spec = CommandSpec {
+            env: vec![("K".into(), "v".repeat(MAX_ARG_BYTES))],
+            ..CommandSpec::new("true", Vec::<String>::new())
+        };
+        assert!(matches!(spec.validate(), Err(Error::InvalidCommand(_))));
+    }
+
+    #[test]
+    fn huge_limits_name_their_range() {
+        let memory = Limits {
+            memory_bytes: Some(u64::MAX),
+            ..Limits::default()
+        };
+        let err = memory.validate().expect_err("refused").to_string();
+        assert!(err.contains("between 4 MiB and"), "{err}");
+        let pids = Limits {
+            pids: Some(5_000_000),
+            ..Limits::default()
+        };
+        let err = pids.validate().expect_err("refused").to_string();
+        assert!(err.contains("4194304"), "{err}");
+    }
+
+    #[test]
+    fn a_working_directory_with_dot_dot_is_refused() {
+        let spec = CommandSpec {
+            working_dir: Some("/tmp/../etc".into()),
+            ..CommandSpec::new("true", Vec::<String>::new())
+        };
+        assert!(matches!(spec.validate(), Err(Error::InvalidCommand(_))));
     }
 }

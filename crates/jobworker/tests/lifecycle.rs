@@ -5,11 +5,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TESTPROG, processes_with, sh, worker, worker_with};
-use jobworker::{CommandSpec, Error, JobState, Limits, Worker};
+use jobworker::{CommandSpec, Error, JobState, Limits};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_exit_code_signal_times_and_usage() {
-    let w = worker();
+    let w = worker().await;
     let (_, status) = w.run_with(sh("exit 3"), Limits::default()).await;
     assert_eq!(status.state, JobState::Exited(3));
     assert!(!status.stop_requested);
@@ -17,8 +17,8 @@ async fn status_reports_exit_code_signal_times_and_usage() {
     assert!(ended >= status.started_at);
     assert!(status.usage.is_some(), "usage once ended");
     assert_eq!(status.owner, "tester");
-    assert_eq!(status.program, "/bin/sh");
-    assert_eq!(status.args, ["-c", "exit 3"]);
+    assert_eq!(status.spec.program, "/bin/sh");
+    assert_eq!(status.spec.args, ["-c", "exit 3"]);
 
     let (_, status) = w.run_with(sh("kill -USR1 $$"), Limits::default()).await;
     assert_eq!(status.state, JobState::Signaled(libc::SIGUSR1));
@@ -32,7 +32,7 @@ async fn status_reports_exit_code_signal_times_and_usage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_leaves_no_process_of_the_job_behind() {
-    let w = worker();
+    let w = worker().await;
     let marker = "1000.123456";
     let id = w
         .start_with(
@@ -77,7 +77,7 @@ async fn stop_leaves_no_process_of_the_job_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleep_ends_by_sigterm_within_the_grace_period() {
-    let w = worker_with(|c| c.stop_grace = Duration::from_secs(20));
+    let w = worker_with(|c| c.stop_grace = Duration::from_secs(20)).await;
     let id = w.start("/bin/sleep", &["1000"]).await;
     let started = Instant::now();
     let status = w.stop(id).await.expect("stop");
@@ -93,13 +93,13 @@ async fn sleep_ends_by_sigterm_within_the_grace_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
     let grace = Duration::from_millis(1500);
-    let w = worker_with(|c| c.stop_grace = grace);
+    let w = worker_with(|c| c.stop_grace = grace).await;
     let id = w.start(TESTPROG, &["ignore-term"]).await;
     w.wait_for_line(id, "ready").await;
     let started = Instant::now();
     let status = w.stop(id).await.expect("stop");
     let took = started.elapsed();
-    // SIGKILL reaches the init, and the kernel kills the rest of its namespace.
+    // The init SIGKILLs every process of the job at the end of the grace period.
     assert_eq!(status.state, JobState::Signaled(libc::SIGKILL));
     assert!(status.stop_requested);
     assert!(
@@ -111,7 +111,7 @@ async fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_an_ended_job_is_not_an_error_and_changes_nothing() {
-    let w = worker();
+    let w = worker().await;
     let (_, before) = w.run("/bin/true", &[]).await;
     let after = w.stop(before.id).await.expect("stop of an ended job");
     assert_eq!(after, before);
@@ -121,7 +121,7 @@ async fn stopping_an_ended_job_is_not_an_error_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_then_stop_a_hundred_times_leaves_nothing() {
-    let w = worker_with(|c| c.stop_grace = Duration::from_secs(5));
+    let w = worker_with(|c| c.stop_grace = Duration::from_secs(5)).await;
     let marker = "1000.654321";
     for i in 0..100 {
         let id = w
@@ -145,13 +145,13 @@ async fn start_then_stop_a_hundred_times_leaves_nothing() {
         "cgroups left: {:?}",
         w.job_cgroups()
     );
-    assert_eq!(w.list(None).len(), 100);
+    assert_eq!(w.all(None).len(), 100);
     w.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_returns_all_jobs_or_one_owners() {
-    let w = worker();
+    let w = worker().await;
     let a = w
         .worker
         .start(
@@ -170,12 +170,12 @@ async fn list_returns_all_jobs_or_one_owners() {
         )
         .await
         .expect("start");
-    let all: Vec<_> = w.list(None).into_iter().map(|s| s.id).collect();
+    let all: Vec<_> = w.all(None).into_iter().map(|s| s.id).collect();
     assert_eq!(all.len(), 2);
     assert!(all.contains(&a) && all.contains(&b));
-    let alice: Vec<_> = w.list(Some("alice")).into_iter().map(|s| s.id).collect();
+    let alice: Vec<_> = w.all(Some("alice")).into_iter().map(|s| s.id).collect();
     assert_eq!(alice, [a]);
-    assert!(w.list(Some("carol")).is_empty());
+    assert!(w.all(Some("carol")).is_empty());
     w.finish().await;
 }
 
@@ -197,11 +197,11 @@ async fn assert_start_fails(
         text.contains(expect),
         "start of {program:?}: expected an error containing {expect:?}, got {text:?}"
     );
-    assert!(w.list(None).is_empty(), "a failed start left a job");
+    assert!(w.all(None).is_empty(), "a failed start left a job");
     assert!(
-        w.logs().is_empty(),
-        "a failed start left a log: {:?}",
-        w.logs()
+        w.job_dirs().is_empty(),
+        "a failed start left files: {:?}",
+        w.job_dirs()
     );
     assert!(
         w.job_cgroups().is_empty(),
@@ -212,12 +212,12 @@ async fn assert_start_fails(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_failures_name_the_cause_and_leave_nothing() {
-    let w = worker();
+    let w = worker().await;
     let none = Limits::default();
     let cases: [(CommandSpec, &str); 6] = [
         (
             CommandSpec::new("/nonexistent/prog", [""; 0]),
-            "\"/nonexistent/prog\": no such file",
+            "\"/nonexistent/prog\": no such file in the job's filesystem view",
         ),
         (
             CommandSpec::new("no-such-command-xyz", [""; 0]),
@@ -233,7 +233,7 @@ async fn exec_failures_name_the_cause_and_leave_nothing() {
                 working_dir: Some("/nonexistent-dir".into()),
                 ..CommandSpec::new("/bin/true", [""; 0])
             },
-            "working directory /nonexistent-dir: No such file or directory",
+            "working directory /nonexistent-dir does not exist in the job's filesystem view",
         ),
         (CommandSpec::new("", [""; 0]), "the command is empty"),
     ];
@@ -257,7 +257,7 @@ async fn exec_failures_name_the_cause_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_limits_are_rejected_and_leave_nothing() {
-    let w = worker();
+    let w = worker().await;
     let spec = || CommandSpec::new("/bin/true", [""; 0]);
     let cases = [
         (
@@ -335,7 +335,28 @@ async fn invalid_limits_are_rejected_and_leave_nothing() {
                 memory_bytes: Some(u64::MAX),
                 ..Limits::default()
             },
-            "memory",
+            "memory must be between",
+        ),
+        (
+            Limits {
+                pids: Some(5_000_000),
+                ..Limits::default()
+            },
+            "the kernel's maximum",
+        ),
+        (
+            Limits {
+                cpus: Some(512.0),
+                ..Limits::default()
+            },
+            "above this node's maximum",
+        ),
+        (
+            Limits {
+                memory_bytes: Some(1 << 61),
+                ..Limits::default()
+            },
+            "above this node's maximum",
         ),
     ];
     for (limits, expect) in cases {
@@ -354,69 +375,41 @@ async fn invalid_limits_are_rejected_and_leave_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn io_limits_on_a_directory_without_a_block_device_are_rejected() {
-    let w = worker();
-    let spec = CommandSpec {
-        working_dir: Some("/proc".into()),
-        ..CommandSpec::new("/bin/true", [""; 0])
-    };
+async fn io_limits_are_refused_when_the_view_has_no_block_device() {
+    // A view of nothing but the (tmpfs-backed) private space: nothing to throttle.
+    let w = worker_with(|c| {
+        c.sandbox.ro_paths.clear();
+        c.sandbox.binds.clear();
+    })
+    .await;
     let limits = Limits {
         io_write_bps: Some(1 << 20),
         ..Limits::default()
     };
     let err = w
         .worker
-        .start("t", spec, limits)
+        .start("t", CommandSpec::new("/bin/true", [""; 0]), limits)
         .await
         .expect_err("no block device");
     assert!(matches!(err, Error::InvalidLimit(_)), "{err:?}");
+    assert!(err.to_string().contains("block device"), "{err}");
     w.finish().await;
 }
 
-#[test]
-fn start_up_kills_and_removes_job_cgroups_left_by_a_crashed_run() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let state = tempfile::tempdir().expect("tempdir");
-    let parent = common::unique_parent();
-    let first = Worker::new(common::config(state.path(), &parent)).expect("first worker");
-    // A "crashed" run's job: a cgroup under the parent with a live process in it.
-    let mut victim = std::process::Command::new("/bin/sleep")
-        .arg("1000.777")
-        .spawn()
-        .expect("spawn sleep");
-    let stale_dirs: Vec<_> = first
-        .cgroup_parents()
-        .iter()
-        .map(|p| p.join("stale-job"))
-        .collect();
-    for dir in &stale_dirs {
-        std::fs::create_dir(dir).expect("mkdir stale cgroup");
-        std::fs::write(dir.join("cgroup.procs"), victim.id().to_string()).expect("move victim");
-    }
-    // Also an orphan log from that run.
-    std::fs::write(
-        state
-            .path()
-            .join("00000000-0000-0000-0000-000000000000.log"),
-        b"old",
-    )
-    .expect("write log");
-    drop(first);
-
-    let second = Worker::new(common::config(state.path(), &parent)).expect("second worker");
-    for dir in &stale_dirs {
-        assert!(!dir.exists(), "stale cgroup {} still there", dir.display());
-    }
-    let status = victim.wait().expect("wait victim");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL),
-        "the stale job's process must be killed"
-    );
-    assert_eq!(
-        std::fs::read_dir(state.path()).expect("read").count(),
-        0,
-        "orphan log removed"
-    );
-    rt.block_on(second.shutdown());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_that_does_not_fit_execve_is_an_invalid_argument() {
+    let w = worker().await;
+    let huge = "x".repeat(200 * 1024);
+    let err = w
+        .worker
+        .start(
+            "t",
+            CommandSpec::new("/bin/echo", [huge]),
+            Limits::default(),
+        )
+        .await
+        .expect_err("too long");
+    assert!(matches!(err, Error::InvalidCommand(_)), "{err:?}");
+    assert!(err.to_string().contains("131071"), "{err}");
+    w.finish().await;
 }

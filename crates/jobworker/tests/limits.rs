@@ -11,12 +11,12 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 use std::time::Instant;
 
-use common::{TESTPROG, exited, worker, writable_scratch_dir};
-use jobworker::{CgroupVersion, CommandSpec, JobState, Limits};
+use common::{TESTPROG, exited, worker, worker_with, writable_scratch_dir};
+use jobworker::{Bind, CgroupVersion, CommandSpec, JobState, Limits};
 
-#[test]
-fn the_detected_cgroup_backend_is_the_expected_one() {
-    let w = worker();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detected_cgroup_backend_is_the_expected_one() {
+    let w = worker().await;
     let detected = w.cgroup_version();
     match std::env::var("JOBWORKER_EXPECT_CGROUP").as_deref() {
         Ok("v1") => assert_eq!(detected, CgroupVersion::V1),
@@ -30,14 +30,13 @@ fn the_detected_cgroup_backend_is_the_expected_one() {
             assert_eq!(detected == CgroupVersion::V2, v2);
         }
     }
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(w.finish());
+    w.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_oom_killed_and_reported_so() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let w = worker();
+    let w = worker().await;
     let limits = Limits {
         memory_bytes: Some(32 << 20),
         ..Limits::default()
@@ -70,7 +69,7 @@ async fn a_memory_hog_is_oom_killed_and_reported_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_cpu_limits_a_busy_loop_to_half_a_cpu() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let w = worker();
+    let w = worker().await;
     let limits = Limits {
         cpus: Some(0.5),
         ..Limits::default()
@@ -99,15 +98,19 @@ fn rate_from(out: &str) -> f64 {
 }
 
 async fn measured_write_rate(mode: &str, limit: u64, mib: u64) -> f64 {
-    let w = worker();
+    // A directory on a block device, which the operator binds writable into every job's view.
     let dir = writable_scratch_dir();
-    let file = dir.path().join("data");
+    let w = worker_with(|c| {
+        c.sandbox.binds.push(Bind {
+            source: dir.path().to_owned(),
+            target: "/scratch".into(),
+            writable: true,
+        })
+    })
+    .await;
     let spec = CommandSpec {
-        working_dir: Some(dir.path().to_owned()),
-        ..CommandSpec::new(
-            TESTPROG,
-            [mode, file.to_str().expect("utf-8"), &mib.to_string()],
-        )
+        working_dir: Some("/scratch".into()),
+        ..CommandSpec::new(TESTPROG, [mode, "/scratch/data", &mib.to_string()])
     };
     let limits = Limits {
         io_write_bps: Some(limit),
@@ -158,7 +161,7 @@ async fn buffered_writes_with_fsync_are_throttled_to_the_write_bps_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_loop_stops_at_the_pids_limit() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let w = worker();
+    let w = worker().await;
     let limits = Limits {
         pids: Some(20),
         ..Limits::default()

@@ -7,7 +7,7 @@ use jobworker::{JobState, StreamFilter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_reader_gets_everything_from_byte_zero() {
-    let w = worker();
+    let w = worker().await;
     let id = w.start("/bin/sh", &["-c", "seq 1 20000"]).await;
     let status = w.wait(id).await.expect("wait");
     assert_eq!(status.state, JobState::Exited(0));
@@ -20,7 +20,7 @@ async fn late_reader_gets_everything_from_byte_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_readers_of_a_running_job_get_identical_bytes() {
-    let w = std::sync::Arc::new(worker());
+    let w = std::sync::Arc::new(worker().await);
     // 2000 rounds of all 256 byte values, paced so the job is still writing while readers attach.
     let reps = 2000;
     let id = w.start(TESTPROG, &["bytes", &reps.to_string(), "1"]).await;
@@ -49,7 +49,7 @@ async fn fifty_concurrent_readers_of_a_running_job_get_identical_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_select_stdout_stderr_or_both() {
-    let w = worker();
+    let w = worker().await;
     let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done";
     let id = w.start_with(sh(script), Default::default()).await;
     let stdout = w.output(id, StreamFilter::Stdout).await;
@@ -80,13 +80,13 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_of_output_keeps_memory_bounded() {
-    let w = worker();
+    let w = worker().await;
     let before = rss_bytes();
     let id = w
         .start("/bin/sh", &["-c", "head -c 1073741824 /dev/zero"])
         .await;
     // Follow it live, counting bytes without keeping them.
-    let mut reader = w.worker.output(id, StreamFilter::Both).expect("reader");
+    let mut reader = w.worker.output(id, StreamFilter::Both, 0).expect("reader");
     let mut total = 0u64;
     let mut peak = before;
     while let Some(chunk) = reader.next().await.expect("read") {
@@ -132,11 +132,16 @@ async fn output_that_cannot_be_stored_is_reported_not_silently_truncated() {
         Some("size=1m"),
     )
     .expect("mount a 1 MiB tmpfs");
-    let w = common::worker_with(|c| c.state_dir = dir.0.path().join("state"));
+    let w = common::worker_with(|c| {
+        c.state_dir = dir.0.path().join("state");
+        // The point is a disk that fills up, not the budget that would prevent it.
+        c.max_total_output = Some(1 << 40);
+    })
+    .await;
     let id = w
         .start("/bin/sh", &["-c", "head -c 4194304 /dev/zero"])
         .await;
-    let mut reader = w.worker.output(id, StreamFilter::Both).expect("reader");
+    let mut reader = w.worker.output(id, StreamFilter::Both, 0).expect("reader");
     let mut got = 0usize;
     let err = loop {
         match reader.next().await {
@@ -160,5 +165,83 @@ async fn output_that_cannot_be_stored_is_reported_not_silently_truncated() {
         "the job itself is unaffected"
     );
     drop(reader);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_resumes_at_the_offset_it_was_given_without_gap_or_duplicate() {
+    let w = worker().await;
+    let id = w
+        .start("/bin/sh", &["-c", "seq 1 100000; seq 1 10 >&2"])
+        .await;
+    let all = w.output(id, StreamFilter::Both).await;
+    for from in [0usize, 1, 4095, 65_536, 300_000, all.len() - 1, all.len()] {
+        let mut reader = w
+            .worker
+            .output(id, StreamFilter::Both, from as u64)
+            .expect("reader");
+        let mut got = Vec::new();
+        let mut expected_offset = from as u64;
+        while let Some(chunk) = reader.next().await.expect("read") {
+            assert_eq!(
+                chunk.offset, expected_offset,
+                "chunk positions are contiguous"
+            );
+            expected_offset += chunk.data.len() as u64;
+            got.extend_from_slice(&chunk.data);
+        }
+        assert!(
+            got == all[from..],
+            "resuming at {from} gave different bytes"
+        );
+    }
+    let past = w
+        .worker
+        .output(id, StreamFilter::Both, all.len() as u64 + 1)
+        .expect("reader")
+        .next()
+        .await;
+    assert!(
+        matches!(past, Err(jobworker::OutputError::OffsetPastEnd { .. })),
+        "{past:?}"
+    );
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_limit_is_counted_and_dropped_while_the_job_runs_on() {
+    let w = worker().await;
+    let limit = 100 * 1024;
+    let limits = jobworker::Limits {
+        output_bytes: Some(limit),
+        ..jobworker::Limits::default()
+    };
+    // 1 MiB of output, then a line on stderr and an exit code the job only reaches if writing
+    // past the limit never blocked or failed it.
+    let id = w
+        .start_with(
+            sh("head -c 1048576 /dev/zero; echo finished >&2; exit 3"),
+            limits,
+        )
+        .await;
+    let all = w.output(id, StreamFilter::Both).await;
+    let status = w.wait(id).await.expect("wait");
+    assert_eq!(status.state, JobState::Exited(3), "the job ran to its end");
+    let output = status.output.expect("output summary");
+    assert_eq!(
+        output.bytes,
+        all.len() as u64,
+        "readers get every stored byte"
+    );
+    assert_eq!(output.bytes, limit, "exactly the limit is stored");
+    assert_eq!(
+        output.bytes + output.dropped_bytes,
+        1048576 + "finished\n".len() as u64,
+        "every byte is stored or counted"
+    );
+    assert!(
+        all.iter().all(|&b| b == 0),
+        "the stored prefix is the job's first bytes"
+    );
     w.finish().await;
 }

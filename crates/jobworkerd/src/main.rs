@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use jobworker::{Config, Limits, Worker};
+use jobworker::{Config, StateLock, Worker};
 use jobworkerd::Server;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -32,10 +32,12 @@ struct Cli {
 enum Command {
     /// Serve the job API (needs root: it creates namespaces and cgroups).
     #[command(after_help = "\
-Every job gets its own PID, mount, network, UTS and IPC namespaces and a cgroup; it runs as --job-user
-with no capabilities. Limits a request leaves unset take the --default-* values.
+Every job is a tenant of its own: its own PID, mount, network (only lo), UTS and IPC namespaces; its
+own filesystem view (--ro-paths read-only, private /tmp, /var/tmp, /run and /dev/shm, a minimal /dev,
+--bind-ro/--bind-rw); its own uid and gid from --job-ids; no capabilities; a syscall filter; and a
+cgroup with its limits. Limits a request leaves unset take the --default-* values.
 
-IO limits apply to the block device backing the job's working directory. On cgroup v1 hosts the kernel
+IO limits apply to the block devices behind the job's filesystem view. On cgroup v1 hosts the kernel
 throttles only direct (O_DIRECT) and fsync'd writes: buffered writeback escapes the limit. cgroup v2
 throttles buffered writes too.
 
@@ -46,7 +48,7 @@ Examples:
   sudo jobworkerd serve
   sudo jobworkerd serve --listen 0.0.0.0:50051 --ca /etc/jobworker/ca.pem \\
       --cert /etc/jobworker/server.pem --key /etc/jobworker/server.key --default-memory 1G")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage a development PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -73,9 +75,27 @@ struct ServeArgs {
         default_value = "/var/lib/jobworker"
     )]
     state_dir: PathBuf,
-    /// Unprivileged user that jobs run as.
-    #[arg(long, env = "JOBWORKER_JOB_USER", default_value = "nobody")]
-    job_user: String,
+    /// User and group ids for jobs, FIRST-LAST: each running job gets one of its own. The range
+    /// must not hold any account or group of this machine, nor systemd's DynamicUser range.
+    #[arg(long, env = "JOBWORKER_JOB_IDS", default_value_t = jobworker::IdRange::DEFAULT)]
+    job_ids: jobworker::IdRange,
+    /// Host paths every job sees read-only at the same path, where they exist (comma-separated;
+    /// replaces the default list).
+    #[arg(
+        long,
+        env = "JOBWORKER_RO_PATHS",
+        value_delimiter = ',',
+        default_value = "/bin,/etc,/lib,/lib32,/lib64,/sbin,/usr"
+    )]
+    ro_paths: Vec<PathBuf>,
+    /// A further host path every job sees read-only: SRC, or SRC:DST to show it at DST
+    /// (repeatable).
+    #[arg(long = "bind-ro", value_name = "SRC[:DST]", env = "JOBWORKER_BIND_RO", value_delimiter = ',', value_parser = parse_bind)]
+    bind_ro: Vec<(PathBuf, PathBuf)>,
+    /// A host path every job may write to: SRC or SRC:DST (repeatable). Shared by all jobs and
+    /// users: use it for data meant to be shared.
+    #[arg(long = "bind-rw", value_name = "SRC[:DST]", env = "JOBWORKER_BIND_RW", value_delimiter = ',', value_parser = parse_bind)]
+    bind_rw: Vec<(PathBuf, PathBuf)>,
     /// Parent of job cgroups: relative to the daemon's own cgroup, or absolute.
     #[arg(long, env = "JOBWORKER_CGROUP_PARENT", default_value = "jobs")]
     cgroup_parent: PathBuf,
@@ -89,8 +109,8 @@ struct ServeArgs {
     #[arg(long, env = "JOBWORKER_DEFAULT_MEMORY", value_parser = parse_bytes)]
     default_memory: Option<u64>,
     /// Default limit on processes and threads per job (a fork-bomb guard).
-    #[arg(long, env = "JOBWORKER_DEFAULT_PIDS", default_value_t = 1024)]
-    default_pids: u64,
+    #[arg(long, env = "JOBWORKER_DEFAULT_PIDS")]
+    default_pids: Option<u64>,
     /// Most jobs (running or ended) kept at once.
     #[arg(long, env = "JOBWORKER_MAX_JOBS", default_value_t = 10_000)]
     max_jobs: usize,
@@ -128,6 +148,14 @@ struct CertsInitArgs {
     force: bool,
 }
 
+fn parse_bind(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    let (source, target) = s.split_once(':').unwrap_or((s, s));
+    if source.is_empty() || target.is_empty() {
+        return Err(format!("{s:?} is not SRC or SRC:DST"));
+    }
+    Ok((PathBuf::from(source), PathBuf::from(target)))
+}
+
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::Config::new()
         .with_binary()
@@ -148,7 +176,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Certs(CertsCommand::Init(args)) => certs_init(args),
     };
     match result {
@@ -183,29 +211,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let tls = jobworker_api::tls::server_config(&args.ca, &args.cert, &args.key)
         .context("cannot load the server's TLS configuration (create a development PKI with `jobworkerd certs init`)")?;
-    let config = Config {
+    let mut config = Config {
         state_dir: args.state_dir,
-        job_user: args.job_user,
+        job_ids: args.job_ids,
         cgroup_parent: args.cgroup_parent,
         stop_grace: args.stop_grace,
         max_jobs: args.max_jobs,
-        default_limits: Limits {
-            cpus: args.default_cpus,
-            memory_bytes: args.default_memory,
-            pids: Some(args.default_pids),
-            ..Limits::default()
-        },
+        secrets: vec![args.key.clone()],
         ..Config::default()
     };
-    // Before the runtime starts threads: detection may move this process between cgroups.
-    let worker = Arc::new(Worker::new(config).context("cannot prepare the worker")?);
+    config.sandbox.ro_paths = args.ro_paths;
+    for (binds, writable) in [(args.bind_ro, false), (args.bind_rw, true)] {
+        for (source, target) in binds {
+            config.sandbox.binds.push(jobworker::Bind {
+                source,
+                target,
+                writable,
+            });
+        }
+    }
+    let defaults = &mut config.default_limits;
+    defaults.cpus = args.default_cpus.or(defaults.cpus);
+    defaults.memory_bytes = args.default_memory.or(defaults.memory_bytes);
+    defaults.pids = args.default_pids.or(defaults.pids);
+    // Taken before anything else: a second daemon on this directory stops here, changing nothing.
+    let lock = StateLock::acquire(&config.state_dir).context("cannot use the state directory")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        // Listen before preparing the worker: a failed bind changes nothing.
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let worker = Arc::new(
+            Worker::new(config, lock)
+                .await
+                .context("cannot prepare the worker")?,
+        );
         let server = Server::start(listener, tls, worker.clone())?;
         tracing::info!(
             listen = %server.local_addr(),

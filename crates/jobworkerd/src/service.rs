@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use jobworker::{
-    Chunk, CommandSpec, JobId, JobState, JobStatus, Limits, OutputReader, StreamFilter, Worker,
+    Chunk, CommandSpec, JobId, JobState, JobStatus, Limits, ListQuery, OutputReader, StreamFilter,
+    Worker,
 };
 use jobworker_api::pb::{self, job_worker_server::JobWorker};
 use tokio::sync::watch;
@@ -65,12 +66,22 @@ pub fn to_status(err: jobworker::Error) -> Status {
             Status::invalid_argument(err.to_string())
         }
         NotFound(id) => not_found(id),
-        TooManyJobs(_) => Status::resource_exhausted(err.to_string()),
+        JobRunning(_) => Status::failed_precondition(err.to_string()),
+        Quota(_) => Status::resource_exhausted(err.to_string()),
         ShuttingDown => {
             Status::unavailable("the server is shutting down; retry against a running server")
         }
         Output(jobworker::OutputError::Incomplete(_)) => Status::data_loss(err.to_string()),
-        NoSuchUser(_) | Cgroup(_) | Io { .. } | Output(_) => {
+        Output(jobworker::OutputError::OffsetPastEnd { .. }) => {
+            Status::out_of_range(err.to_string())
+        }
+        Config(_)
+        | StateDirBusy { .. }
+        | IdRangeBusy { .. }
+        | Seccomp(_)
+        | Cgroup(_)
+        | Io { .. }
+        | Output(_) => {
             tracing::error!("internal error: {err}");
             Status::internal(format!("the server failed: {err}"))
         }
@@ -138,7 +149,18 @@ impl JobWorker for JobService {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let caller = authz::caller(&request)?;
         let owner = (!caller.is_admin()).then_some(caller.user.as_str());
-        let jobs = self.worker.list(owner).iter().map(status_to_pb).collect();
+        let query = ListQuery {
+            owner: owner.map(str::to_owned),
+            limit: usize::MAX,
+            ..ListQuery::default()
+        };
+        let jobs = self
+            .worker
+            .list(&query)
+            .jobs
+            .iter()
+            .map(status_to_pb)
+            .collect();
         Ok(Response::new(pb::ListResponse { jobs }))
     }
 
@@ -152,7 +174,10 @@ impl JobWorker for JobService {
         let req = request.into_inner();
         let status = self.authorized(&caller, &req.job_id)?;
         let filter = filter_from_pb(&req.streams)?;
-        let reader = self.worker.output(status.id, filter).map_err(to_status)?;
+        let reader = self
+            .worker
+            .output(status.id, filter, 0)
+            .map_err(to_status)?;
         Ok(Response::new(output_stream(
             reader,
             self.shutdown.clone(),
@@ -261,6 +286,7 @@ pub fn limits_from_pb(l: pb::Limits) -> Limits {
         io_read_iops: l.io_read_iops,
         io_write_iops: l.io_write_iops,
         pids: l.pids,
+        output_bytes: None,
     }
 }
 
@@ -288,12 +314,13 @@ fn status_to_pb(s: &JobStatus) -> pb::JobStatus {
         JobState::Signaled(sig) => (pb::JobState::Signaled, None, Some(sig)),
         // The OOM killer ends processes with SIGKILL.
         JobState::OomKilled => (pb::JobState::OomKilled, None, Some(9)),
+        JobState::Lost => (pb::JobState::Lost, None, None),
     };
     pb::JobStatus {
         job_id: s.id.to_string(),
         owner: s.owner.clone(),
-        command: s.program.clone(),
-        args: s.args.clone(),
+        command: s.spec.program.clone(),
+        args: s.spec.args.clone(),
         state: state as i32,
         exit_code,
         signal,

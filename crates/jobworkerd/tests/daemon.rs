@@ -89,6 +89,7 @@ fn serve(pki: &std::path::Path, state: &std::path::Path, parent: &str) -> Daemon
         .arg(pki.join("server.key"))
         .arg("--state-dir")
         .arg(state)
+        .args(["--job-ids", &common::random_job_ids().to_string()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

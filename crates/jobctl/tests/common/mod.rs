@@ -9,6 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -90,11 +91,23 @@ pub struct TestServer {
     pub pki: Pki,
     /// The state directory (job output logs); removed on drop, after the server is gone.
     state: TempDir,
+    /// A host directory every job sees read-only at /data (a `--bind-ro`).
+    pub data: TempDir,
     child: Option<Child>,
     /// 127.0.0.1:PORT, as the daemon reported it.
     pub address: String,
     /// Everything the daemon has logged so far, for failure messages.
     log: Arc<Mutex<String>>,
+}
+
+/// A range of 64 job uids picked at random among a million such blocks, so that daemons of
+/// tests running at the same time (each needs a range no other running daemon holds) do not
+/// collide.
+pub fn random_job_ids() -> String {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let block = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) % (1 << 20);
+    let first = 1_000_000_000 + block * 64;
+    format!("{first}-{}", first + 63)
 }
 
 impl TestServer {
@@ -105,6 +118,9 @@ impl TestServer {
         let pki = Pki::new();
         let state = tempfile::tempdir().expect("temp state dir");
         let cgroup_parent = format!("jobctl-test-{}", uuid::Uuid::new_v4());
+        let data = tempfile::tempdir().expect("temp data dir");
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod data dir");
         let mut child = Command::new(jobworkerd())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -117,7 +133,9 @@ impl TestServer {
             .arg("--state-dir")
             .arg(state.path())
             .args(["--cgroup-parent", &cgroup_parent])
-            .args(["--job-user", "nobody", "--stop-grace", "2s"])
+            .args(["--job-ids", &random_job_ids(), "--stop-grace", "2s"])
+            .arg("--bind-ro")
+            .arg(format!("{}:/data", data.path().display()))
             // Plain log lines, so that the address can be read from them.
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -151,6 +169,7 @@ impl TestServer {
         let mut server = TestServer {
             pki,
             state,
+            data,
             child: Some(child),
             address: String::new(),
             log,

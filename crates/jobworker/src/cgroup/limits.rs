@@ -22,14 +22,14 @@ const MAX_MEMORY_BYTES: u64 = 1 << 62;
 /// A `None` field means no limit: the kernel's "max" is written explicitly, so that a limit left
 /// by an earlier run with other settings does not stick.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct ParentLimits {
+pub struct ParentLimits {
     /// Memory of all jobs together, in bytes; swap is turned off with it, as for a job.
-    pub(crate) memory_bytes: Option<u64>,
+    pub memory_bytes: Option<u64>,
     /// CPUs all jobs together may use. On cgroup v1 no job may have more than this (the kernel
     /// refuses a child a larger CFS quota than its parent's).
-    pub(crate) cpus: Option<f64>,
+    pub cpus: Option<f64>,
     /// Processes and threads of all jobs together.
-    pub(crate) pids: Option<u64>,
+    pub pids: Option<u64>,
 }
 
 impl ParentLimits {

@@ -55,7 +55,8 @@ use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
 pub(crate) use self::device::{DevNum, block_device_of};
 pub use self::error::CgroupError;
-pub(crate) use self::limits::{CgroupUsage, ParentLimits};
+pub(crate) use self::limits::CgroupUsage;
+pub use self::limits::ParentLimits;
 
 use self::error::io_error;
 use self::files::{child_dir_names, read, read_pids};
@@ -210,8 +211,9 @@ impl Cgroups {
                 CgroupVersion::V2 => v2::write_limits(dir, limits, &devices)?,
             }
         }
+        // v2 starts the job in its cgroup with CLONE_INTO_CGROUP; only v1 needs the procs files.
         let mut procs = Vec::with_capacity(dirs.len());
-        for dir in &dirs {
+        for dir in dirs.iter().filter(|_| self.version == CgroupVersion::V1) {
             let path = dir.path.join("cgroup.procs");
             // std opens with O_CLOEXEC, so the fds do not leak into other children.
             let file = OpenOptions::new()
@@ -316,8 +318,6 @@ impl JobCgroup {
     /// `CLONE_INTO_CGROUP`, which starts the child in the job cgroup without the costly
     /// migration a write to `cgroup.procs` is. `None` on v1 (the kernel accepts only a v2
     /// directory) and on a handle from [`Cgroups::open`].
-    // TODO(lead: re-adoption and CLONE_INTO_CGROUP in spawn.rs): drop the allow once used.
-    #[allow(dead_code)]
     pub(crate) fn clone_into_fd(&self) -> Option<RawFd> {
         self.clone_into.as_ref().map(AsRawFd::as_raw_fd)
     }
@@ -325,16 +325,12 @@ impl JobCgroup {
     /// Whether process `pid` (as this process's PID namespace numbers it) is a member of the
     /// job cgroup, e.g. to prove that a pidfd opened by pid refers to the job's init. A cgroup
     /// that no longer exists has no members.
-    // TODO(lead: re-adoption and CLONE_INTO_CGROUP in spawn.rs): drop the allow once used.
-    #[allow(dead_code)]
     pub(crate) fn contains(&self, pid: i32) -> Result<bool, CgroupError> {
         Ok(self.pids()?.binary_search(&pid).is_ok())
     }
 
     /// The processes in the job cgroup, sorted, from `cgroup.procs` of the pids hierarchy (the
     /// one directory on v2); empty once the cgroup is gone.
-    // TODO(lead: re-adoption and CLONE_INTO_CGROUP in spawn.rs): drop the allow once used.
-    #[allow(dead_code)]
     pub(crate) fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         // Every process is in every v1 hierarchy; pids and memory are always mounted.
         let dir = self
@@ -407,7 +403,8 @@ impl JobCgroup {
         remove_dirs(&paths)
     }
 
-    /// The job's directories, for tests and logs.
+    /// The job's directories, for tests.
+    #[cfg(test)]
     pub(crate) fn dirs(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.path.clone()).collect()
     }

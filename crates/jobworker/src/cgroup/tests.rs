@@ -134,6 +134,7 @@ fn all_limits() -> Limits {
         io_read_iops: Some(100),
         io_write_iops: Some(200),
         pids: Some(42),
+        output_bytes: None,
     }
 }
 

@@ -290,6 +290,7 @@ mod tests {
             io_read_iops: Some(30),
             io_write_iops: Some(40),
             pids: Some(42),
+            output_bytes: None,
         }
     }
 

@@ -11,6 +11,10 @@
 //!   after each, then exit 0.
 //! - `ignore-term`: ignore SIGTERM, print "ready", sleep forever.
 //! - `pause`: print "ready", sleep forever.
+//! - `probe`: try the system calls the job's filter refuses, and those it must allow; print one
+//!   "NAME RESULT" line each (RESULT is "ok" or the errno's number).
+//! - `threads N`: start N threads (pthread_create underneath), join them, print "threads N".
+//! - `connect PATH`: connect to the UNIX socket at PATH; print "connected" or "errno E".
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -32,13 +36,16 @@ fn main() {
             ready_and_sleep()
         }
         "pause" => ready_and_sleep(),
+        "probe" => probe(),
+        "threads" => threads(num(1)),
+        "connect" => connect(arg(1)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: jobworker-testprog hog|spin|write-direct|write-fsync|fork|bytes|ignore-term|pause ..."
+        "usage: jobworker-testprog hog|spin|write-direct|write-fsync|fork|bytes|ignore-term|pause|probe|threads|connect ..."
     );
     std::process::exit(2)
 }
@@ -139,6 +146,156 @@ fn bytes(reps: u64, pause: Duration) {
             out.flush().unwrap_or_else(|e| fail(&format!("write: {e}")));
             std::thread::sleep(pause);
         }
+    }
+}
+
+/// "ok" for a non-negative result, else the errno.
+fn result(ret: i64) -> String {
+    if ret >= 0 {
+        "ok".to_owned()
+    } else {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(0)
+            .to_string()
+    }
+}
+
+fn probe() {
+    let mut out = String::new();
+    // The errno is read by `result` right after each call, before anything else can change it.
+    let mut record = |name: &str, ret: i64| {
+        let r = result(ret);
+        out.push_str(&format!("{name} {r}\n"));
+    };
+    let null = std::ptr::null::<u8>();
+    // SAFETY (each call below): probing system calls with arguments the kernel validates; none
+    // writes to memory of this process.
+    unsafe {
+        record("unshare-user", libc::unshare(libc::CLONE_NEWUSER) as i64);
+        record("unshare-net", libc::unshare(libc::CLONE_NEWNET) as i64);
+        record(
+            "mount",
+            libc::mount(
+                c"none".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) as i64,
+        );
+        record("setns", libc::setns(0, 0) as i64);
+        record(
+            "add_key",
+            libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                c"jobworker-probe".as_ptr(),
+                c"secret".as_ptr(),
+                6usize,
+                -4i32, // KEY_SPEC_USER_KEYRING
+            ),
+        );
+        record("keyctl", libc::syscall(libc::SYS_keyctl, 0, -4i32, 0));
+        record("bpf", libc::syscall(libc::SYS_bpf, 0, null, 0));
+        record(
+            "io_uring_setup",
+            libc::syscall(libc::SYS_io_uring_setup, 1, null),
+        );
+        record(
+            "perf_event_open",
+            libc::syscall(libc::SYS_perf_event_open, null, 0, -1, -1, 0),
+        );
+        record("userfaultfd", libc::syscall(libc::SYS_userfaultfd, 0));
+        record("clone3", libc::syscall(libc::SYS_clone3, null, 0));
+        record(
+            "socket-packet",
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) as i64,
+        );
+        record(
+            "socket-vsock",
+            libc::socket(40, libc::SOCK_STREAM, 0) as i64,
+        );
+        record(
+            "socket-netfilter",
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_NETFILTER) as i64,
+        );
+        record(
+            "socket-route",
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE) as i64,
+        );
+        record(
+            "socket-inet",
+            libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as i64,
+        );
+        record(
+            "socket-unix",
+            libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) as i64,
+        );
+    }
+    out.push_str(&format!("fork {}\n", fork_and_wait()));
+    out.push_str(&format!(
+        "thread {}\n",
+        std::thread::spawn(|| "ok").join().unwrap_or("panicked")
+    ));
+    out.push_str(&format!("ptrace {}\n", ptrace_a_child()));
+    print!("{out}");
+}
+
+fn fork_and_wait() -> String {
+    // SAFETY: the child exits at once with an async-signal-safe call.
+    match unsafe { libc::fork() } {
+        -1 => result(-1),
+        0 => unsafe { libc::_exit(7) },
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for the child just forked.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7 {
+                "ok".into()
+            } else {
+                format!("status {status}")
+            }
+        }
+    }
+}
+
+/// Attaches to a child, as a debugger would, and lets it go.
+fn ptrace_a_child() -> String {
+    // SAFETY: the child only pauses (async-signal-safe) until it is killed.
+    let child = match unsafe { libc::fork() } {
+        -1 => return result(-1),
+        0 => unsafe {
+            libc::pause();
+            libc::_exit(0)
+        },
+        child => child,
+    };
+    // SAFETY: ptrace of our own child, then its end.
+    unsafe {
+        let attached = libc::ptrace(libc::PTRACE_ATTACH, child, 0, 0);
+        let outcome = result(attached as i64);
+        let mut status = 0;
+        if attached == 0 {
+            libc::waitpid(child, &mut status, 0);
+            libc::ptrace(libc::PTRACE_DETACH, child, 0, 0);
+        }
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, &mut status, 0);
+        outcome
+    }
+}
+
+fn threads(n: u64) {
+    let handles: Vec<_> = (0..n).map(|i| std::thread::spawn(move || i)).collect();
+    let joined = handles.into_iter().filter_map(|h| h.join().ok()).count();
+    println!("threads {joined}");
+}
+
+fn connect(path: &str) {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => println!("connected"),
+        Err(e) => println!("errno {}", e.raw_os_error().unwrap_or(0)),
     }
 }
 

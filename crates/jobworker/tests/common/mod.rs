@@ -1,18 +1,23 @@
-//! What every library test needs: a real worker as root, its own cgroup parent and state dir,
-//! and helpers to run a job to the end and collect its output.
+//! What every library test needs: a real worker as root, its own cgroup parent, state directory
+//! and uid range, the test programs visible in the jobs' view, and helpers to run a job to the
+//! end and collect its output.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jobworker::{
-    CommandSpec, Config, JobId, JobState, JobStatus, Limits, Stream, StreamFilter, Worker,
+    Bind, CommandSpec, Config, Error, IdRange, JobId, JobState, JobStatus, Limits, ListQuery,
+    StateLock, Stream, StreamFilter, Worker,
 };
 
 /// The test workload program (see tests/bin/testprog.rs).
 pub const TESTPROG: &str = env!("CARGO_BIN_EXE_jobworker-testprog");
+/// The small init program the library's tests use (their harness owns `main`).
+pub const INIT: &str = env!("CARGO_BIN_EXE_jobworker-init");
 
-/// A worker with its own state directory and cgroup parent, so tests run in parallel safely.
+/// A worker with its own state directory, cgroup parent and uid range, so tests run in
+/// parallel safely.
 pub struct TestWorker {
     pub worker: Worker,
     pub state_dir: tempfile::TempDir,
@@ -25,33 +30,69 @@ impl std::ops::Deref for TestWorker {
     }
 }
 
+/// Where the test programs live: made visible, read-only, at the same path in every job.
+pub fn test_programs_dir() -> PathBuf {
+    Path::new(TESTPROG)
+        .parent()
+        .expect("the test program has a directory")
+        .to_owned()
+}
+
 pub fn config(state_dir: &Path, parent: &str) -> Config {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "the library tests need root: they create namespaces and cgroups (run them with sudo)"
     );
-    Config {
+    let mut config = Config {
         state_dir: state_dir.to_owned(),
-        init_program: PathBuf::from(env!("CARGO_BIN_EXE_jobworker-init")),
+        init_program: Some(PathBuf::from(INIT)),
         cgroup_parent: PathBuf::from(parent),
         stop_grace: Duration::from_secs(5),
         ..Config::default()
-    }
+    };
+    let programs = test_programs_dir();
+    config.sandbox.binds.push(Bind {
+        source: programs.clone(),
+        target: programs,
+        writable: false,
+    });
+    config
 }
 
 pub fn unique_parent() -> String {
     format!("jobworker-test-{}", uuid::Uuid::new_v4())
 }
 
-pub fn worker() -> TestWorker {
-    worker_with(|_| {})
+/// Starts a worker on `config`, in a uid range of 64 ids no other test worker or daemon (in
+/// any test process running now) holds.
+pub async fn start_worker(mut config: Config) -> Worker {
+    for _ in 0..200 {
+        let block = u32::from(rand_u16()) % (1 << 16);
+        let first = 1_000_000_000 + block * 64;
+        config.job_ids = IdRange::new(first, first + 63).expect("range");
+        let lock = StateLock::acquire(&config.state_dir).expect("lock the state dir");
+        match Worker::new(config.clone(), lock).await {
+            Err(Error::IdRangeBusy { .. }) => continue,
+            other => return other.expect("worker starts"),
+        }
+    }
+    panic!("no free uid range for a test worker");
 }
 
-pub fn worker_with(tweak: impl FnOnce(&mut Config)) -> TestWorker {
+fn rand_u16() -> u16 {
+    let id = uuid::Uuid::new_v4();
+    u16::from_le_bytes([id.as_bytes()[0], id.as_bytes()[1]])
+}
+
+pub async fn worker() -> TestWorker {
+    worker_with(|_| {}).await
+}
+
+pub async fn worker_with(tweak: impl FnOnce(&mut Config)) -> TestWorker {
     let state_dir = tempfile::tempdir().expect("temp state dir");
     let mut config = config(state_dir.path(), &unique_parent());
     tweak(&mut config);
-    let worker = Worker::new(config).expect("worker starts");
+    let worker = start_worker(config).await;
     TestWorker { worker, state_dir }
 }
 
@@ -80,13 +121,24 @@ impl TestWorker {
         found
     }
 
-    /// Output logs currently in the state directory.
-    pub fn logs(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.state_dir.path())
+    /// Job directories currently in the state directory.
+    pub fn job_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state_dir.path().join("jobs"))
             .expect("read state dir")
             .flatten()
             .map(|e| e.path())
             .collect()
+    }
+
+    /// Every job, or one owner's.
+    pub fn all(&self, owner: Option<&str>) -> Vec<JobStatus> {
+        self.worker
+            .list(&ListQuery {
+                owner: owner.map(str::to_owned),
+                limit: usize::MAX,
+                ..ListQuery::default()
+            })
+            .jobs
     }
 
     pub async fn start(&self, program: &str, args: &[&str]) -> JobId {
@@ -98,16 +150,20 @@ impl TestWorker {
     }
 
     pub async fn start_with(&self, spec: CommandSpec, limits: Limits) -> JobId {
+        self.start_as("tester", spec, limits).await
+    }
+
+    pub async fn start_as(&self, owner: &str, spec: CommandSpec, limits: Limits) -> JobId {
         let program = spec.program.clone();
         self.worker
-            .start("tester", spec, limits)
+            .start(owner, spec, limits)
             .await
             .unwrap_or_else(|e| panic!("start {program}: {e}"))
     }
 
     /// Everything the job writes to the selected streams, until it ends.
     pub async fn output(&self, id: JobId, filter: StreamFilter) -> Vec<u8> {
-        let mut reader = self.worker.output(id, filter).expect("output reader");
+        let mut reader = self.worker.output(id, filter, 0).expect("output reader");
         let mut all = Vec::new();
         while let Some(chunk) = reader.next().await.expect("read output") {
             all.extend_from_slice(&chunk.data);
@@ -119,7 +175,7 @@ impl TestWorker {
     pub async fn output_split(&self, id: JobId) -> (Vec<u8>, Vec<u8>) {
         let mut reader = self
             .worker
-            .output(id, StreamFilter::Both)
+            .output(id, StreamFilter::Both, 0)
             .expect("output reader");
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Some(chunk) = reader.next().await.expect("read output") {
@@ -131,7 +187,7 @@ impl TestWorker {
         (out, err)
     }
 
-    /// Runs a job to its end; returns its stdout as text and its final status.
+    /// Runs a job to its end; returns its stdout and stderr as text and its final status.
     pub async fn run(&self, program: &str, args: &[&str]) -> (String, JobStatus) {
         let id = self.start(program, args).await;
         self.collect(id).await
@@ -142,17 +198,22 @@ impl TestWorker {
         self.collect(id).await
     }
 
+    /// Stdout (and, after it, stderr) of a job that runs to its end, and its final status.
     pub async fn collect(&self, id: JobId) -> (String, JobStatus) {
-        let out = self.output(id, StreamFilter::Stdout).await;
+        let (out, err) = self.output_split(id).await;
         let status = self.worker.wait(id).await.expect("wait");
-        (String::from_utf8_lossy(&out).into_owned(), status)
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        if !err.is_empty() {
+            text.push_str(&String::from_utf8_lossy(&err));
+        }
+        (text, status)
     }
 
     /// Reads stdout until a line equal to `line` arrives (the job's own "I am ready" signal).
     pub async fn wait_for_line(&self, id: JobId, line: &str) {
         let mut reader = self
             .worker
-            .output(id, StreamFilter::Stdout)
+            .output(id, StreamFilter::Stdout, 0)
             .expect("output reader");
         let mut seen = Vec::new();
         while let Some(chunk) = reader.next().await.expect("read output") {
@@ -175,7 +236,7 @@ pub fn sh(script: &str) -> CommandSpec {
 pub fn exited(status: &JobStatus) -> i32 {
     match status.state {
         JobState::Exited(code) => code,
-        other => panic!("expected the job to exit, it ended as {other:?}"),
+        other => panic!("expected the job to exit, it ended as {other:?} ({status:?})"),
     }
 }
 
@@ -195,8 +256,8 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
     pids
 }
 
-/// A directory on a block device that the job user may write to: the VM's scratch disk, or a
-/// fresh directory under the system temp dir.
+/// A directory on a block device, for IO tests: the VM's scratch disk, or a fresh directory
+/// under the system temp dir. Jobs see it (writable) at `/scratch` when a test binds it there.
 pub fn writable_scratch_dir() -> tempfile::TempDir {
     let base = std::env::var_os("JOBWORKER_SCRATCH")
         .map(PathBuf::from)
@@ -206,4 +267,18 @@ pub fn writable_scratch_dir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
         .expect("chmod scratch dir");
     dir
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

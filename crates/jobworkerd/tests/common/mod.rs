@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker::{Config, Worker};
+use jobworker::{Config, Error, IdRange, StateLock, Worker};
 use jobworker_api::pb::job_worker_client::JobWorkerClient;
 use jobworker_api::pki::{Ca, Leaf, Usage, Validity};
 use jobworkerd::Server;
@@ -85,11 +85,33 @@ pub fn worker_config(state_dir: &Path) -> Config {
     );
     Config {
         state_dir: state_dir.to_owned(),
-        init_program: PathBuf::from(JOBWORKERD),
+        init_program: Some(PathBuf::from(JOBWORKERD)),
         cgroup_parent: PathBuf::from(format!("jobworkerd-test-{}", uuid::Uuid::new_v4())),
         stop_grace: Duration::from_secs(3),
         ..Config::default()
     }
+}
+
+/// A range of 64 job uids picked at random among a million such blocks: tests run many workers
+/// and daemons at once, and each needs a range no other running one holds.
+pub fn random_job_ids() -> IdRange {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let block = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) % (1 << 20);
+    let first = 1_000_000_000 + block * 64;
+    IdRange::new(first, first + 63).expect("range")
+}
+
+/// A worker on `config` with a uid range no other running worker holds.
+pub async fn start_worker(mut config: Config) -> Worker {
+    for _ in 0..200 {
+        config.job_ids = random_job_ids();
+        let lock = StateLock::acquire(&config.state_dir).expect("lock the state dir");
+        match Worker::new(config.clone(), lock).await {
+            Err(Error::IdRangeBusy { .. }) => continue,
+            other => return other.expect("worker starts"),
+        }
+    }
+    panic!("no free uid range for a test worker");
 }
 
 /// A server running in this process.
@@ -104,7 +126,7 @@ impl TestServer {
     pub async fn start() -> TestServer {
         let pki = Pki::new();
         let state_dir = tempfile::tempdir().expect("state dir");
-        let worker = Arc::new(Worker::new(worker_config(state_dir.path())).expect("worker"));
+        let worker = Arc::new(start_worker(worker_config(state_dir.path())).await);
         let tls = jobworker_api::tls::server_config(
             &pki.path("ca.pem"),
             &pki.path("server.pem"),
