@@ -250,9 +250,10 @@ impl Job {
             },
             SystemTime::UNIX_EPOCH,
         );
+        // Dated when found, so retention keeps it for an admin to see for its whole period.
         let ended = Ended {
             state: JobState::Lost,
-            at: SystemTime::UNIX_EPOCH,
+            at: SystemTime::now(),
             usage: Usage::default(),
             output: OutputSummary::default(),
             note: Some(format!("the job's record is unreadable: {why}")),

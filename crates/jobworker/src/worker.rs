@@ -708,14 +708,11 @@ impl Worker {
                     running = table.monitors.len(),
                     "live restore: leaving running jobs to the next worker"
                 );
-                return;
+                Vec::new()
+            } else {
+                let running = table.jobs.values().filter(|j| j.is_running());
+                running.cloned().collect()
             }
-            table
-                .jobs
-                .values()
-                .filter(|j| j.is_running())
-                .cloned()
-                .collect()
         };
         let mut stops = tokio::task::JoinSet::new();
         for job in running {
@@ -728,9 +725,9 @@ impl Worker {
             });
         }
         while stops.join_next().await.is_some() {}
-        match self.shared.cgroups.remove_parent() {
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot remove the jobs' cgroup parent: {e}"),
+        // Removed only when empty: with live restore, running jobs keep it.
+        if let Err(e) = self.shared.cgroups.remove_parent() {
+            tracing::warn!("cannot remove the jobs' cgroup parent: {e}");
         }
     }
 }

@@ -249,8 +249,23 @@ impl Drop for Forked {
 }
 
 /// Spawns `program args` so that it joins the job's cgroup before exec, as the worker does.
+/// The job's `cgroup.procs` files, opened for a test process to join the job by writing "0"
+/// (what the spawner does on v1; v2 jobs are cloned into their cgroup instead).
+fn join_files(job: &JobCgroup) -> Vec<std::fs::File> {
+    job.dirs()
+        .iter()
+        .map(|dir| {
+            OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .expect("open cgroup.procs")
+        })
+        .collect()
+}
+
 fn spawn_in(job: &JobCgroup, program: &str, args: &[&str]) -> Reaped {
-    let fds = job.procs_fds();
+    let files = join_files(job);
+    let fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
     let mut cmd = Command::new(program);
     cmd.args(args);
     // SAFETY: the hook only calls write(2) on fds opened before the fork (async-signal-safe)
@@ -265,10 +280,11 @@ fn spawn_in(job: &JobCgroup, program: &str, args: &[&str]) -> Reaped {
             Ok(())
         });
     }
-    Reaped(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}")),
-    )
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    drop(files);
+    Reaped(child)
 }
 
 /// Forks a process into `job` that touches `bytes` of anonymous memory, then waits to be
@@ -290,7 +306,8 @@ fn fork_holding(job: &JobCgroup, bytes: usize) -> Forked {
 /// Forks a process into `job` that touches `bytes` of anonymous memory, then waits to be
 /// killed; returns at once.
 fn fork_touching(job: &JobCgroup, bytes: usize) -> Forked {
-    let fds = job.procs_fds();
+    let files = join_files(job);
+    let fds: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
     // SAFETY: an anonymous private mapping; checked below.
     let mem = unsafe {
         libc::mmap(
@@ -734,11 +751,19 @@ fn io_limits_apply_to_each_distinct_device_once() {
 }
 
 #[test]
-fn writing_0_to_the_procs_fds_joins_every_job_directory() {
+fn a_process_writing_0_joins_every_job_directory() {
     let parent = TestParent::new();
     let job = parent
         .create("job", &Limits::default(), &[])
         .expect("create");
+    // v1 spawns by these writes; v2 by CLONE_INTO_CGROUP (tested in v2.rs).
+    match parent.cgroups.version() {
+        CgroupVersion::V1 => assert_eq!(job.procs_fds().len(), job.dirs().len()),
+        CgroupVersion::V2 => {
+            assert!(job.procs_fds().is_empty());
+            assert!(job.clone_into_fd().is_some());
+        }
+    }
     let mut child = spawn_in(&job, "sleep", &["1000"]);
     for dir in job.dirs() {
         let members = read_pids(&dir).expect("read cgroup.procs");

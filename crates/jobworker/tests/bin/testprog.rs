@@ -3,6 +3,7 @@
 //!
 //! Usage: `jobworker-testprog COMMAND [ARGS]`:
 //! - `hog MIB`: allocate and touch MIB mebibytes, then exit 0.
+//! - `hog-hold MIB`: allocate and touch MIB mebibytes, print "allocated MIB MiB", sleep forever.
 //! - `spin SECS`: busy-loop for SECS seconds of wall time, then exit 0.
 //! - `write-direct PATH MIB`: write MIB mebibytes with O_DIRECT|O_SYNC, print "bytes_per_sec N".
 //! - `write-fsync PATH MIB`: buffered writes followed by fsync, print "bytes_per_sec N".
@@ -24,7 +25,11 @@ fn main() {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| usage());
     match arg(0) {
-        "hog" => hog(num(1)),
+        "hog" => drop(hog(num(1))),
+        "hog-hold" => {
+            let blocks = hog(num(1));
+            ready_and_hold(blocks)
+        }
         "spin" => spin(Duration::from_secs(num(1))),
         "write-direct" => write(arg(1), num(2), true),
         "write-fsync" => write(arg(1), num(2), false),
@@ -58,13 +63,23 @@ fn ready_and_sleep() -> ! {
     }
 }
 
-fn hog(mib: u64) {
+fn hog(mib: u64) -> Vec<Vec<u8>> {
     let mut blocks = Vec::new();
     for _ in 0..mib {
         // Touch every page so the memory is really charged.
         blocks.push(vec![1u8; 1 << 20]);
     }
     println!("allocated {} MiB", blocks.len());
+    let _ = std::io::stdout().flush();
+    blocks
+}
+
+/// Keeps `blocks` allocated until killed.
+fn ready_and_hold(blocks: Vec<Vec<u8>>) -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        std::hint::black_box(&blocks);
+    }
 }
 
 fn spin(wall: Duration) {

@@ -21,6 +21,8 @@ pub const INIT: &str = env!("CARGO_BIN_EXE_jobworker-init");
 pub struct TestWorker {
     pub worker: Worker,
     pub state_dir: tempfile::TempDir,
+    /// What it was started with (a restart reuses it).
+    pub config: Config,
 }
 
 impl std::ops::Deref for TestWorker {
@@ -48,6 +50,10 @@ pub fn config(state_dir: &Path, parent: &str) -> Config {
         init_program: Some(PathBuf::from(INIT)),
         cgroup_parent: PathBuf::from(parent),
         stop_grace: Duration::from_secs(5),
+        // Every running job reserves its output limit (1 GiB by default) of the budget: the
+        // default budget, half the filesystem, would cap the test guest's small scratch disk at
+        // one running job. Tests of the budget set their own.
+        max_total_output: Some(1 << 40),
         ..Config::default()
     };
     let programs = test_programs_dir();
@@ -63,20 +69,39 @@ pub fn unique_parent() -> String {
     format!("jobworker-test-{}", uuid::Uuid::new_v4())
 }
 
-/// Starts a worker on `config`, in a uid range of 64 ids no other test worker or daemon (in
-/// any test process running now) holds.
-pub async fn start_worker(mut config: Config) -> Worker {
+/// Starts a worker on `config`, in a uid range no other test worker or daemon (in any test
+/// process running now) holds: 64 ids, or as many as `config.job_ids` has if fewer, at a place
+/// picked at random. Returns the worker and the config it runs with.
+pub async fn start_worker(mut config: Config) -> (Worker, Config) {
+    let size = config.job_ids.len().min(64) as u32;
     for _ in 0..200 {
-        let block = u32::from(rand_u16()) % (1 << 16);
+        let block = u32::from(rand_u16());
         let first = 1_000_000_000 + block * 64;
-        config.job_ids = IdRange::new(first, first + 63).expect("range");
+        config.job_ids = IdRange::new(first, first + size - 1).expect("range");
         let lock = StateLock::acquire(&config.state_dir).expect("lock the state dir");
         match Worker::new(config.clone(), lock).await {
             Err(Error::IdRangeBusy { .. }) => continue,
-            other => return other.expect("worker starts"),
+            other => return (other.expect("worker starts"), config),
         }
     }
     panic!("no free uid range for a test worker");
+}
+
+/// A worker on exactly `config` (same state directory, cgroup parent and uid range), once the
+/// previous worker on the state directory has let go of it.
+pub async fn reopen(config: &Config) -> Worker {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match StateLock::acquire(&config.state_dir) {
+            Ok(lock) => match Worker::new(config.clone(), lock).await {
+                Err(Error::IdRangeBusy { .. }) if std::time::Instant::now() < deadline => {}
+                other => return other.expect("worker restarts"),
+            },
+            Err(Error::StateDirBusy { .. }) if std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("cannot lock the state directory again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn rand_u16() -> u16 {
@@ -92,11 +117,35 @@ pub async fn worker_with(tweak: impl FnOnce(&mut Config)) -> TestWorker {
     let state_dir = tempfile::tempdir().expect("temp state dir");
     let mut config = config(state_dir.path(), &unique_parent());
     tweak(&mut config);
-    let worker = start_worker(config).await;
-    TestWorker { worker, state_dir }
+    let (worker, config) = start_worker(config).await;
+    TestWorker {
+        worker,
+        state_dir,
+        config,
+    }
 }
 
 impl TestWorker {
+    /// Replaces the worker by a new one on the same state directory, as a daemon restart does:
+    /// after a graceful shutdown (`graceful`), or after the worker just went away.
+    pub async fn restart(self, graceful: bool) -> TestWorker {
+        let TestWorker {
+            worker,
+            state_dir,
+            config,
+        } = self;
+        if graceful {
+            worker.shutdown().await;
+        }
+        drop(worker);
+        let worker = reopen(&config).await;
+        TestWorker {
+            worker,
+            state_dir,
+            config,
+        }
+    }
+
     /// Stops everything and checks that the worker left nothing behind: no job cgroup, and
     /// (after removing them) no parent directories.
     pub async fn finish(self) {
