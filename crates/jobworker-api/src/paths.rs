@@ -31,9 +31,7 @@ pub fn config_home() -> Option<PathBuf> {
 /// else the fallback below `$HOME`.
 fn base_dir(variable: &str, fallback: &str) -> Option<PathBuf> {
     let absolute = |value: Option<std::ffi::OsString>| {
-        value
-            .map(PathBuf::from)
-            .filter(|path| path.is_absolute())
+        value.map(PathBuf::from).filter(|path| path.is_absolute())
     };
     absolute(env::var_os(variable))
         .or_else(|| absolute(env::var_os("HOME")).map(|home| home.join(fallback)))

@@ -271,7 +271,8 @@ impl Ca {
             what: "private key",
             source: Some(source),
         })?;
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| bad_cert(None))?;
+        let der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| bad_cert(None))?;
         let (_, cert) = X509Certificate::from_der(&der).map_err(|_| bad_cert(None))?;
         // rcgen signs with whatever key it is given; a mismatch would only show later, as
         // certificates that no server accepts.

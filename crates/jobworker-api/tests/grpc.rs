@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_testkit::{Pki, client_leaf};
 use jobworker_api::pb::job_worker_server::{JobWorker, JobWorkerServer};
 use jobworker_api::pb::{
     GetStatusRequest, GetStatusResponse, JobStatus, ListRequest, ListResponse, StartRequest,
@@ -14,6 +13,7 @@ use jobworker_api::pb::{
 };
 use jobworker_api::pki::{Leaf, Validity};
 use jobworker_api::{ConnectError, Identity, TlsIncoming, connect, tls_incoming};
+use jobworker_testkit::{Pki, client_leaf};
 use rustls::{AlertDescription, CertificateError, ServerConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};

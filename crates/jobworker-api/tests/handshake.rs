@@ -5,8 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobworker_testkit::{Pki, chain_and_key, client_leaf};
 use jobworker_api::pki::{Leaf, Usage, Validity};
+use jobworker_testkit::{Pki, chain_and_key, client_leaf};
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self, cipher_suite, kx_group};
 use rustls::pki_types::ServerName;

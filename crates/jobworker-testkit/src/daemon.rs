@@ -222,7 +222,10 @@ impl Daemon {
 
     /// The daemon's process id.
     pub fn pid(&self) -> Pid {
-        let child = self.child.as_ref().expect("the daemon has already been reaped");
+        let child = self
+            .child
+            .as_ref()
+            .expect("the daemon has already been reaped");
         Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in i32"))
     }
 

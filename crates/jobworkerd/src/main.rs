@@ -228,15 +228,14 @@ fn pki_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn certs_init(args: CertsInitArgs) -> anyhow::Result<()> {
     let dir = pki_dir(args.dir)?;
-    let written = pki::init(&dir, &args.users, &args.admins, args.days, args.force).map_err(
-        |e| match e {
+    let written =
+        pki::init(&dir, &args.users, &args.admins, args.days, args.force).map_err(|e| match e {
             PkiError::Exists { .. } => anyhow::anyhow!(
                 "{e} (pass --force to replace the whole development PKI, or add users with \
                  `jobworkerd certs add-user NAME`)"
             ),
             other => other.into(),
-        },
-    )?;
+        })?;
     print_written(&dir, &written, "a development PKI (not for production)")
 }
 
@@ -245,7 +244,10 @@ fn certs_add_user(args: CertsAddUserArgs) -> anyhow::Result<()> {
     let written = pki::add_user(&dir, &args.name, args.admin, args.days, args.force).map_err(
         |e| match e {
             PkiError::Exists { .. } => {
-                anyhow::anyhow!("{e} (pass --force to issue {} a new certificate)", args.name)
+                anyhow::anyhow!(
+                    "{e} (pass --force to issue {} a new certificate)",
+                    args.name
+                )
             }
             PkiError::Read { .. } => {
                 anyhow::anyhow!("{e:#} (create the PKI first with `jobworkerd certs init`)")
@@ -280,7 +282,9 @@ fn man_pages(dir: &Path) -> anyhow::Result<()> {
         for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
             write(sub.clone(), dir)?;
         }
-        clap_mangen::Man::new(command).section("8").generate_to(dir)?;
+        clap_mangen::Man::new(command)
+            .section("8")
+            .generate_to(dir)?;
         Ok(())
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

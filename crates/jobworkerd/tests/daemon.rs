@@ -136,7 +136,12 @@ async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let exit = daemon
         .wait(Duration::from_secs(2 + 5).saturating_sub(sent.elapsed()))
-        .unwrap_or_else(|| panic!("jobworkerd still running {:?} after SIGTERM", sent.elapsed()));
+        .unwrap_or_else(|| {
+            panic!(
+                "jobworkerd still running {:?} after SIGTERM",
+                sent.elapsed()
+            )
+        });
     assert_eq!(exit.code(), Some(0), "jobworkerd exit status");
     let logs = daemon.log();
     assert!(logs.contains("shut down"), "{logs}");
@@ -313,7 +318,11 @@ async fn certs_add_user_issues_certificates_the_running_daemon_accepts() {
     }
 
     for (file, before) in unchanged {
-        assert_eq!(std::fs::read(pki.path(&file)).expect("read"), before, "{file} changed");
+        assert_eq!(
+            std::fs::read(pki.path(&file)).expect("read"),
+            before,
+            "{file} changed"
+        );
     }
     let mut carol = connect(&daemon, &pki, "carol").await;
     let id = carol
@@ -369,7 +378,10 @@ fn certs_add_user_refuses_to_replace_a_user_unless_forced() {
     );
     assert_eq!(std::fs::read(pki.path("alice.key")).expect("read"), before);
 
-    let forced = jobworkerd(&["certs", "add-user", "alice", "--dir", dir, "--force"], &[]);
+    let forced = jobworkerd(
+        &["certs", "add-user", "alice", "--dir", dir, "--force"],
+        &[],
+    );
     assert!(forced.status.success(), "{}", text(&forced.stderr));
     assert_ne!(std::fs::read(pki.path("alice.key")).expect("read"), before);
 }
@@ -456,7 +468,13 @@ fn man_pages_are_written_for_every_visible_command() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut pages: Vec<String> = std::fs::read_dir(dir.path())
         .expect("read dir")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     pages.sort();
     assert_eq!(
@@ -474,5 +492,8 @@ fn man_pages_are_written_for_every_visible_command() {
         serve.starts_with(".ie") || serve.contains(".TH jobworkerd-serve 8"),
         "{serve}"
     );
-    assert!(serve.contains("JOBWORKER_LISTEN"), "env variables are documented");
+    assert!(
+        serve.contains("JOBWORKER_LISTEN"),
+        "env variables are documented"
+    );
 }
