@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Shown under `jobctl --help`.
 const EXAMPLES: &str = "\
@@ -18,8 +19,22 @@ Examples:
   jobctl list --output json
 
 Connection: by default jobctl connects to https://127.0.0.1:50051 as user alice of the development
-PKI in ./dev-pki (created by `jobworkerd certs init`). Use --user bob or --user admin for the PKI's
-other identities, or --ca/--cert/--key for certificates kept elsewhere.
+PKI in $XDG_DATA_HOME/jobworker/dev-pki (~/.local/share/jobworker/dev-pki; created by
+`jobworkerd certs init`). Use --user bob or --user admin for the PKI's other identities, or
+--ca/--cert/--key for certificates kept elsewhere. For several servers, save each as a context:
+  jobctl config set-context node1 --server node1:50051 --ca ca.pem --cert me.pem --key me.key
+  jobctl --context node1 list                or: jobctl config use-context node1
+
+Each connection setting is taken from the first of, strongest first:
+  1. its flag (--server, --ca, --cert, --key, --pki-dir, --user)
+  2. its environment variable (JOBCTL_SERVER, JOBCTL_CA, ...)
+  3. the selected context: --context NAME, else JOBCTL_CONTEXT, else the config file's
+     current-context
+  4. the default shown for the flag
+
+--ca, --cert and --key default to ca.pem, USER.pem and USER.key in the PKI directory; a stronger
+--pki-dir or --user overrides a weaker --ca, --cert or --key. The config file is
+$XDG_CONFIG_HOME/jobctl/config.toml (~/.config/jobctl/config.toml), or JOBCTL_CONFIG.
 
 Exit status: 0 success, 1 error (one line on stderr: `jobctl: error: ...`), 2 usage error;
 `jobctl run` exits with the job's status.";
@@ -67,8 +82,9 @@ Examples:
   jobctl logs --stdout \"$id\" > output.bin";
 
 const RUN_EXAMPLES: &str = "\
-Starts the job, streams its output as `jobctl logs` does, and exits with the job's status: its
-exit code, 128+N when killed by signal N, 137 when the OOM killer ended it.
+Starts the job, prints its id on stderr (\"jobctl: started job ID\"; --quiet leaves it out),
+streams its output as `jobctl logs` does, and exits with the job's status: its exit code, 128+N
+when killed by signal N, 137 when the OOM killer ended it.
 
 Ctrl-C stops the job (like `docker run`, which passes the signal on): its remaining output is
 still shown, then jobctl exits 130. A second Ctrl-C stops waiting at once, while the server
@@ -78,6 +94,39 @@ Examples:
   jobctl run -- uname -a
   jobctl run --memory 64M -- sh -c 'head -c 128M /dev/zero | tail'; echo \"exit $?\"
   jobctl run --cpus 0.5 --pids 64 -- make -j8";
+
+const CONFIG_HELP: &str = "\
+A context names a server and the certificates to use with it, so that several servers (one
+jobworkerd per node) are one --context away. The config file is $XDG_CONFIG_HOME/jobctl/config.toml
+(~/.config/jobctl/config.toml when XDG_CONFIG_HOME is unset), or JOBCTL_CONFIG; it is written
+with mode 0600.
+
+Examples:
+  jobctl config set-context node1 --server node1.example.com:50051 \\
+      --ca node1/ca.pem --cert node1/alice.pem --key node1/alice.key
+  jobctl config set-context dev --server 127.0.0.1:50051 --pki-dir ~/.local/share/jobworker/dev-pki --user bob
+  jobctl config use-context node1
+  jobctl config get-contexts
+  jobctl --context dev list";
+
+const SET_CONTEXT_HELP: &str = "\
+Stores the connection flags given on this command line (--server, --ca, --cert, --key, --pki-dir,
+--user) in context NAME, creating it if needed; its other settings stay. Relative paths are
+stored as absolute ones. The environment is not read.
+
+Examples:
+  jobctl config set-context node1 --server node1.example.com:50051 \\
+      --ca node1/ca.pem --cert node1/alice.pem --key node1/alice.key
+  jobctl config set-context dev --pki-dir ~/.local/share/jobworker/dev-pki --user bob";
+
+const COMPLETION_HELP: &str = "\
+Prints a completion script for the shell on stdout.
+
+Examples:
+  jobctl completion bash > ~/.local/share/bash-completion/completions/jobctl
+  jobctl completion zsh > \"${fpath[1]}/_jobctl\"
+  jobctl completion fish > ~/.config/fish/completions/jobctl.fish
+The Debian package installs all three.";
 
 /// The command line of `jobctl`.
 #[derive(Debug, Parser)]
@@ -100,6 +149,30 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// What is done on the server; listed first in `--help`.
+    #[command(flatten)]
+    Job(JobCommand),
+    /// Show and edit contexts: named servers with their certificates.
+    #[command(subcommand, after_help = CONFIG_HELP)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETION_HELP)]
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (jobctl.1, jobctl-run.1, ...) into a directory; used by the
+    /// packaging script.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// The subcommands that talk to the server.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
     /// Start a job and print its id.
     #[command(after_help = START_EXAMPLES, override_usage = "jobctl start [OPTIONS] -- COMMAND [ARGS]...")]
     Start(StartArgs),
@@ -107,7 +180,7 @@ pub enum Command {
     #[command(after_help = STOP_EXAMPLES)]
     Stop {
         /// The job's id, as printed by `jobctl start`.
-        #[arg(value_name = "ID")]
+        #[arg(value_name = "ID", value_parser = parse_job_id)]
         job_id: String,
         /// How to print the final status.
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -117,7 +190,7 @@ pub enum Command {
     #[command(after_help = STATUS_EXAMPLES)]
     Status {
         /// The job's id, as printed by `jobctl start`.
-        #[arg(value_name = "ID")]
+        #[arg(value_name = "ID", value_parser = parse_job_id)]
         job_id: String,
         /// How to print the status.
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -135,13 +208,42 @@ pub enum Command {
     Logs(LogsArgs),
     /// Start a job, stream its output, and exit with its status.
     #[command(after_help = RUN_EXAMPLES, override_usage = "jobctl run [OPTIONS] -- COMMAND [ARGS]...")]
-    Run(StartArgs),
+    Run(RunArgs),
+}
+
+/// The subcommands of `jobctl config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List the contexts; `*` marks the current one.
+    GetContexts,
+    /// Print the name of the current context.
+    CurrentContext,
+    /// Make a context the current one: used whenever --context and JOBCTL_CONTEXT are not given.
+    UseContext {
+        /// The context.
+        name: String,
+    },
+    /// Create or update a context from the connection flags on this command line.
+    #[command(after_help = SET_CONTEXT_HELP)]
+    SetContext {
+        /// The context.
+        name: String,
+    },
+    /// Delete a context (and stop using it, if it is the current one).
+    DeleteContext {
+        /// The context.
+        name: String,
+    },
 }
 
 /// Where the server is and which certificates identify us to it.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
+    /// The context of the config file to use [default: the file's current-context].
+    #[arg(long, global = true, env = "JOBCTL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+
     /// The server: https://HOST:PORT or HOST:PORT.
     #[arg(
         long,
@@ -153,15 +255,10 @@ pub struct ConnectionArgs {
     pub server: String,
 
     /// Directory of a development PKI (from `jobworkerd certs init`): supplies ca.pem,
-    /// USER.pem and USER.key for whichever of --ca, --cert, --key is not given.
-    #[arg(
-        long,
-        global = true,
-        env = "JOBCTL_PKI_DIR",
-        default_value = "dev-pki",
-        value_name = "DIR"
-    )]
-    pub pki_dir: PathBuf,
+    /// USER.pem and USER.key for whichever of --ca, --cert, --key is not given
+    /// [default: $XDG_DATA_HOME/jobworker/dev-pki, or ~/.local/share/jobworker/dev-pki].
+    #[arg(long, global = true, env = "JOBCTL_PKI_DIR", value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
 
     /// The identity to use from --pki-dir: its USER.pem and USER.key.
     #[arg(
@@ -184,6 +281,83 @@ pub struct ConnectionArgs {
     /// Client private key (PEM) [default: PKI_DIR/USER.key].
     #[arg(long, global = true, env = "JOBCTL_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
+
+    /// Where each of the values above came from: a stronger source wins over a context.
+    #[arg(skip)]
+    pub given: Given,
+}
+
+/// Where a connection setting's value came from on the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// Not given: clap's default, or nothing.
+    #[default]
+    Default,
+    /// Its `JOBCTL_*` environment variable.
+    Environment,
+    /// Its flag.
+    Flag,
+}
+
+/// The [`Source`] of each connection setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Given {
+    /// Of `--server`.
+    pub server: Source,
+    /// Of `--pki-dir`.
+    pub pki_dir: Source,
+    /// Of `--user`.
+    pub user: Source,
+    /// Of `--ca`.
+    pub ca: Source,
+    /// Of `--cert`.
+    pub cert: Source,
+    /// Of `--key`.
+    pub key: Source,
+}
+
+impl Given {
+    fn of(matches: &ArgMatches) -> Given {
+        let source = |id: &str| match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => Source::Flag,
+            Some(ValueSource::EnvVariable) => Source::Environment,
+            _ => Source::Default,
+        };
+        Given {
+            server: source("server"),
+            pki_dir: source("pki_dir"),
+            user: source("user"),
+            ca: source("ca"),
+            cert: source("cert"),
+            key: source("key"),
+        }
+    }
+}
+
+impl Cli {
+    /// Parses our command line, noting where each connection setting came from. A usage error
+    /// is reported by clap, which exits 2 (and `--help` exits 0).
+    pub fn parse_with_sources() -> Cli {
+        let matches = Cli::command().get_matches();
+        Cli::from_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+
+    /// [`Cli::parse_with_sources`] of `args`, returning the usage error.
+    #[cfg(test)]
+    pub fn try_parse_with_sources<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(args)?;
+        Cli::from_matches(&matches)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(matches)?;
+        cli.connection.given = Given::of(matches);
+        Ok(cli)
+    }
 }
 
 /// The arguments of `start` and `run`: what to run and within which limits.
@@ -205,6 +379,18 @@ pub struct StartArgs {
     /// Resource limits; declared last because their help heading applies to what follows.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// The arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Do not print the job's id on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// What to run, as for `start`.
+    #[command(flatten)]
+    pub start: StartArgs,
 }
 
 /// Per-job resource limits, as Docker spells them.
@@ -246,7 +432,7 @@ pub struct LimitArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The job's id, as printed by `jobctl start`.
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", value_parser = parse_job_id)]
     pub job_id: String,
 
     /// Only the job's stdout.
@@ -273,6 +459,18 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
+}
+
+/// A job id as the server issues them (a UUID), in its canonical form. Checked here so that a
+/// mistyped id is a usage error before any connection is made.
+fn parse_job_id(text: &str) -> Result<String, String> {
+    uuid::Uuid::try_parse(text)
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| {
+            "expected a job id such as 7f9c1e2a-3b4d-4e5f-8a6b-9c0d1e2f3a4b, as printed by \
+             `jobctl start`"
+                .to_owned()
+        })
 }
 
 /// A positive, finite number of CPUs.
@@ -332,16 +530,42 @@ mod tests {
     fn the_command_keeps_its_own_flags() {
         let cli = Cli::try_parse_from(["jobctl", "run", "--cpus", "1", "--", "ls", "-l", "--all"])
             .expect("parse");
-        let Command::Run(args) = cli.command else {
+        let Command::Job(JobCommand::Run(args)) = cli.command else {
             panic!("expected run, got {:?}", cli.command);
         };
-        assert_eq!(args.command, ["ls", "-l", "--all"]);
-        assert_eq!(args.limits.cpus, Some(1.0));
+        assert_eq!(args.start.command, ["ls", "-l", "--all"]);
+        assert_eq!(args.start.limits.cpus, Some(1.0));
     }
 
     #[test]
     fn connection_flags_may_follow_the_subcommand() {
         let cli = Cli::try_parse_from(["jobctl", "list", "--user", "bob"]).expect("parse");
         assert_eq!(cli.connection.user, "bob");
+    }
+
+    #[test]
+    fn flags_are_told_apart_from_defaults_wherever_they_stand() {
+        let cli = Cli::try_parse_with_sources(["jobctl", "--ca", "c.pem", "list", "--user", "bob"])
+            .expect("parse");
+        let given = cli.connection.given;
+        assert_eq!(given.ca, Source::Flag);
+        assert_eq!(
+            given.user,
+            Source::Flag,
+            "a global flag after the subcommand"
+        );
+        assert_eq!(given.server, Source::Default, "clap's default is no flag");
+        assert_eq!(given.pki_dir, Source::Default);
+    }
+
+    #[test]
+    fn job_ids_are_uuids_in_canonical_form() {
+        assert_eq!(
+            parse_job_id("7F9C1E2A-3B4D-4E5F-8A6B-9C0D1E2F3A4B"),
+            Ok("7f9c1e2a-3b4d-4e5f-8a6b-9c0d1e2f3a4b".to_owned())
+        );
+        for bad in ["", "42", "7f9c1e2a-3b4d-4e5f-8a6b", "not-a-job-id"] {
+            assert!(parse_job_id(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -9,10 +9,11 @@ use tokio::signal::unix::Signal;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
-use crate::cli::{Cli, Command, LimitArgs, LogsArgs, OutputFormat, StartArgs};
+use crate::cli::{JobCommand, LimitArgs, LogsArgs, OutputFormat, RunArgs, StartArgs};
 use crate::connection::Connection;
 use crate::error::{self, Failure};
 use crate::output;
+use crate::settings::Settings;
 use crate::status::State;
 use crate::stream::{self, Ending, Sink};
 
@@ -28,15 +29,15 @@ const END_POLL_FIRST: Duration = Duration::from_millis(5);
 const END_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// Connects and runs the subcommand.
-pub async fn execute(cli: Cli) -> Result<ExitCode, Failure> {
-    let connection = Connection::open(&cli.connection).await?;
-    match cli.command {
-        Command::Start(args) => start(&connection, args).await,
-        Command::Stop { job_id, output } => stop(&connection, job_id, output).await,
-        Command::Status { job_id, output } => status(&connection, job_id, output).await,
-        Command::List { output } => list(&connection, output).await,
-        Command::Logs(args) => logs(&connection, args).await,
-        Command::Run(args) => run(&connection, args).await,
+pub async fn execute(settings: &Settings, command: JobCommand) -> Result<ExitCode, Failure> {
+    let connection = Connection::open(settings).await?;
+    match command {
+        JobCommand::Start(args) => start(&connection, args).await,
+        JobCommand::Stop { job_id, output } => stop(&connection, job_id, output).await,
+        JobCommand::Status { job_id, output } => status(&connection, job_id, output).await,
+        JobCommand::List { output } => list(&connection, output).await,
+        JobCommand::Logs(args) => logs(&connection, args).await,
+        JobCommand::Run(args) => run(&connection, args).await,
     }
 }
 
@@ -111,9 +112,14 @@ async fn logs(connection: &Connection, args: LogsArgs) -> Result<ExitCode, Failu
 ///
 /// The job belongs to this invocation the way a foreground process belongs to a shell: Ctrl-C
 /// stops it (a second one stops waiting), and so does our stdout being closed.
-async fn run(connection: &Connection, args: StartArgs) -> Result<ExitCode, Failure> {
+async fn run(connection: &Connection, args: RunArgs) -> Result<ExitCode, Failure> {
     let mut interrupts = stream::interrupts()?;
-    let id = start_job(connection, args).await?;
+    let id = start_job(connection, args.start).await?;
+    if !args.quiet {
+        // On stderr, so that stdout stays the job's own; before any of the job's output, so
+        // that it is the first line there. Not eprintln!, which panics on a closed stderr.
+        let _ = writeln!(io::stderr(), "jobctl: started job {id}");
+    }
     let mut run = Run {
         connection,
         id,

@@ -4,6 +4,9 @@
 //! A [`Failure`] prints as exactly one `jobctl: error: ...` line, plus one `hint: ...` line
 //! when there is something specific to try, and makes jobctl exit 1. Usage errors never get
 //! here: clap reports them itself and exits 2.
+//!
+//! This module only reads the settings' types (to name the flag or context behind a file);
+//! the connection uses it, never the other way round.
 
 use std::error::Error;
 use std::fmt;
@@ -13,7 +16,8 @@ use std::path::Path;
 use jobworker_api::{ConnectError, TlsError};
 use tonic::{Code, Status};
 
-use crate::connection::TlsFiles;
+use crate::config::ConfigError;
+use crate::settings::{NamedBy, SettingsError, TlsFiles};
 
 /// An error to report before exiting 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +60,14 @@ pub fn tls_files(error: &TlsError, files: &TlsFiles) -> Failure {
     let failure = Failure::new(chain(error));
     match error {
         TlsError::Read { path, source, .. } if source.kind() == io::ErrorKind::NotFound => {
-            match files.flag_for(path) {
-                Some(flag) => failure.hint(format!("check the file given with {flag}")),
-                None => failure.hint(
+            match files.named_by(path) {
+                Some(NamedBy::Option(flag)) => {
+                    failure.hint(format!("check the file given with {flag}"))
+                }
+                Some(NamedBy::Context { context, key }) => failure.hint(format!(
+                    "check `{key}` of context {context} (`jobctl config get-contexts`)"
+                )),
+                Some(NamedBy::PkiDir) | None => failure.hint(
                     "create a development PKI with `jobworkerd certs init`, or pass --ca, --cert \
                      and --key",
                 ),
@@ -68,6 +77,31 @@ pub fn tls_files(error: &TlsError, files: &TlsFiles) -> Failure {
             failure.hint("the key must be the private key of the certificate (--key, --cert)")
         }
         _ => failure,
+    }
+}
+
+/// The connection settings could not be decided.
+pub fn settings(error: &SettingsError) -> Failure {
+    match error {
+        SettingsError::Config(error) => config(error),
+        SettingsError::NoSuchContext { .. } => {
+            Failure::new(chain(error)).hint("`jobctl config get-contexts` lists the contexts")
+        }
+        SettingsError::NoPkiDir => {
+            Failure::new(chain(error)).hint("pass --pki-dir, or --ca, --cert and --key")
+        }
+    }
+}
+
+/// The config file could not be read or written.
+pub fn config(error: &ConfigError) -> Failure {
+    let failure = Failure::new(chain(error));
+    match error {
+        ConfigError::NoLocation => failure.hint("name the file with JOBCTL_CONFIG"),
+        ConfigError::Parse { .. } => {
+            failure.hint("fix it, or change it with `jobctl config set-context`")
+        }
+        ConfigError::Read { .. } | ConfigError::Write { .. } => failure,
     }
 }
 

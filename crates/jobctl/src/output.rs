@@ -120,7 +120,7 @@ impl LimitsView {
 }
 
 /// A table without borders: columns separated by spaces, no trailing blanks.
-fn plain_table(header: Option<&[&str]>, rows: Vec<Vec<String>>) -> String {
+pub fn plain_table(header: Option<&[&str]>, rows: Vec<Vec<String>>) -> String {
     let mut table = Table::new();
     table.load_style(presets::NOTHING);
     if let Some(header) = header {

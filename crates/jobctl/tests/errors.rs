@@ -3,17 +3,18 @@
 
 mod common;
 
+use std::net::TcpListener;
+
 use common::{Pki, TestServer, assert_failure, closed_port, jobctl, stderr_of, stdout_of};
-use jobworker_api::pki::{Ca, Validity};
 
 #[test]
 fn an_unreachable_server_is_reported_with_a_hint() {
-    let pki = Pki::new();
+    let pki = Pki::dev();
     let port = closed_port();
 
     let out = jobctl()
         .arg("--pki-dir")
-        .arg(pki.path())
+        .arg(pki.dir())
         .args(["--server", &format!("127.0.0.1:{port}"), "list"])
         .output()
         .expect("run jobctl");
@@ -30,12 +31,12 @@ fn an_unreachable_server_is_reported_with_a_hint() {
 
 #[test]
 fn a_missing_certificate_file_is_reported_with_the_flag_that_named_it() {
-    let pki = Pki::new();
-    let missing = pki.file("nobody-here.pem");
+    let pki = Pki::dev();
+    let missing = pki.path("nobody-here.pem");
 
     let out = jobctl()
         .arg("--pki-dir")
-        .arg(pki.path())
+        .arg(pki.dir())
         .arg("--cert")
         .arg(&missing)
         .arg("list")
@@ -54,36 +55,50 @@ fn a_missing_certificate_file_is_reported_with_the_flag_that_named_it() {
 
 #[test]
 fn a_missing_dev_pki_suggests_creating_one() {
-    let empty = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
 
-    // The defaults: ./dev-pki/ca.pem, alice.pem, alice.key relative to the working directory.
+    // The defaults: ca.pem, alice.pem, alice.key in $XDG_DATA_HOME/jobworker/dev-pki.
     let out = jobctl()
-        .current_dir(empty.path())
+        .env("XDG_DATA_HOME", data.path())
         .arg("list")
         .output()
         .expect("run jobctl");
 
     assert_failure(
         &out,
-        "jobctl: error: cannot read CA certificate dev-pki/ca.pem: No such file or directory \
-         (os error 2)\n\
-         hint: create a development PKI with `jobworkerd certs init`, or pass --ca, --cert and \
-         --key\n",
+        &format!(
+            "jobctl: error: cannot read CA certificate {}/jobworker/dev-pki/ca.pem: No such file \
+             or directory (os error 2)\n\
+             hint: create a development PKI with `jobworkerd certs init`, or pass --ca, --cert \
+             and --key\n",
+            data.path().display()
+        ),
     );
+}
+
+#[test]
+fn the_dev_pki_is_found_in_the_xdg_data_dir_without_flags() {
+    let server = TestServer::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let dev_pki = data.path().join("jobworker/dev-pki");
+    std::fs::create_dir_all(dev_pki.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(server.pki.dir(), &dev_pki).expect("symlink");
+
+    let out = jobctl()
+        .env("XDG_DATA_HOME", data.path())
+        .args(["--server", &server.address(), "list", "--output", "json"])
+        .output()
+        .expect("run jobctl");
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), "[]\n");
 }
 
 #[test]
 fn a_certificate_from_another_ca_is_refused_by_the_server() {
     let server = TestServer::start();
-    let other = Ca::generate("some other CA", Validity::days_from_now(1)).expect("CA");
-    let mallory = other
-        .issue_client("alice", &[], Validity::days_from_now(1))
-        .expect("client certificate");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cert = dir.path().join("mallory.pem");
-    let key = dir.path().join("mallory.key");
-    std::fs::write(&cert, &mallory.cert_pem).expect("write cert");
-    std::fs::write(&key, &mallory.key_pem).expect("write key");
+    let other = Pki::new("some other CA");
+    let (cert, key) = other.write("mallory", &other.client("alice", &[]));
 
     let out = server
         .jobctl()
@@ -221,8 +236,52 @@ fn usage_errors_exit_2_without_contacting_a_server() {
 }
 
 #[test]
+fn a_malformed_job_id_is_a_usage_error_before_any_connection() {
+    // A server that would notice being contacted: a listener nobody accepts on.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let server = listener.local_addr().expect("address").to_string();
+
+    for args in [
+        &["status", "not-a-job-id"][..],
+        &["stop", "42"],
+        &["logs", "7f9c1e2a-3b4d-4e5f-8a6b"],
+    ] {
+        let out = jobctl()
+            .args(["--server", &server])
+            .args(args)
+            .output()
+            .expect("run jobctl");
+
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).starts_with(&format!(
+                "error: invalid value '{}' for '<ID>': expected a job id such as",
+                args[1]
+            )),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert_eq!(stdout_of(&out), "", "{args:?}");
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("jobctl connected to the server: {other:?}"),
+    }
+}
+
+#[test]
 fn every_subcommand_help_shows_examples() {
-    for subcommand in ["start", "stop", "status", "list", "logs", "run"] {
+    for subcommand in [
+        "start",
+        "stop",
+        "status",
+        "list",
+        "logs",
+        "run",
+        "config",
+        "completion",
+    ] {
         let out = jobctl()
             .args([subcommand, "--help"])
             .output()

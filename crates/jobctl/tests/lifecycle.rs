@@ -5,7 +5,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestServer, interrupt, read_until, stderr_of, stdout_of, wait_with_timeout};
+use common::{
+    TestServer, announced_job, interrupt, read_until, stderr_of, stdout_of, wait_with_timeout,
+};
 
 #[test]
 fn start_prints_only_the_job_id_and_status_shows_it_running() {
@@ -200,6 +202,49 @@ fn run_streams_the_output_and_exits_0_on_success() {
         .expect("run jobctl");
 
     assert_eq!(stdout_of(&out), "hello\n");
+    let (_, rest) = announced_job(&stderr_of(&out));
+    assert_eq!(rest, "oops\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn run_announces_the_job_id_on_stderr_for_later_commands() {
+    let server = TestServer::start();
+
+    let out = server
+        .jobctl()
+        .args(["run", "--", "sh", "-c", "exit 3"])
+        .output()
+        .expect("run jobctl");
+
+    let (id, rest) = announced_job(&stderr_of(&out));
+    assert_eq!(rest, "", "nothing else on stderr");
+    assert_eq!(stdout_of(&out), "");
+    assert_eq!(
+        server.status_json(&id)["exit_code"],
+        3,
+        "the announced id is the job's"
+    );
+}
+
+#[test]
+fn run_quiet_prints_no_job_id() {
+    let server = TestServer::start();
+
+    let out = server
+        .jobctl()
+        .args([
+            "run",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ])
+        .output()
+        .expect("run jobctl");
+
+    assert_eq!(stdout_of(&out), "hello\n");
     assert_eq!(stderr_of(&out), "oops\n");
     assert_eq!(out.status.code(), Some(0));
 }
@@ -215,7 +260,7 @@ fn run_exits_with_the_jobs_exit_code() {
         .expect("run jobctl");
 
     assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr_of(&out));
-    assert_eq!(stderr_of(&out), "");
+    assert_eq!(announced_job(&stderr_of(&out)).1, "");
 }
 
 #[test]
@@ -229,7 +274,7 @@ fn run_exits_137_when_the_job_is_killed() {
         .expect("run jobctl");
 
     assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr_of(&out));
-    assert_eq!(stderr_of(&out), "");
+    assert_eq!(announced_job(&stderr_of(&out)).1, "");
 }
 
 #[test]

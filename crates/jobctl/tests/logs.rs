@@ -18,7 +18,7 @@ fn ten_mib_of_random_bytes_arrive_byte_identical() {
     let server = TestServer::start();
     // The job runs as `nobody`: the file and every directory above it must be readable.
     // Jobs see the server's data directory (a --bind-ro) at /data.
-    let path = server.data.path().join("random.bin");
+    let path = server.daemon.data_dir().join("random.bin");
     let mut random = vec![0u8; RANDOM_BYTES];
     fs::File::open("/dev/urandom")
         .and_then(|mut urandom| urandom.read_exact(&mut random))

@@ -115,7 +115,8 @@ impl Identity {
     }
 }
 
-#[cfg(test)]
+// Certificates to read come from the development CA.
+#[cfg(all(test, feature = "dev-pki"))]
 mod tests {
     use super::*;
     use crate::pki::{Ca, Validity};

@@ -15,13 +15,17 @@
 //!   own task with a timeout, yielding streams to tonic.
 //! - [`client`]: dialling the server (TCP, TLS, HTTP/2) and returning a gRPC client.
 //! - [`identity`]: user and groups from the verified client certificate.
-//! - [`pki`]: a development certificate authority and the certificates it issues.
+//! - [`pki`] (feature `dev-pki`): a development certificate authority and the certificates it
+//!   issues.
+//! - [`paths`]: default locations (the development PKI's directory, XDG base directories).
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod identity;
 pub mod incoming;
+pub mod paths;
+#[cfg(feature = "dev-pki")]
 pub mod pki;
 pub mod tls;
 

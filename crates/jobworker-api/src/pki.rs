@@ -2,8 +2,11 @@
 //!
 //! Keys are ECDSA P-384. Every certificate states its validity window and its purpose (EKU)
 //! explicitly, because [`crate::tls`] refuses certificates that do not. [`init`] writes a
-//! complete PKI to a directory; [`Ca`] issues single certificates, including deliberately
-//! wrong ones (expired, wrong EKU) for tests.
+//! complete PKI to a directory and [`add_user`] issues one more client certificate from the CA
+//! kept there; [`Ca`] issues single certificates, including deliberately wrong ones (expired,
+//! wrong EKU) for tests.
+//!
+//! Only with the `dev-pki` feature: clients have no use for a certificate authority.
 
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -12,10 +15,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P384_SHA384,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P384_SHA384, PublicKeyData,
 };
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::ADMIN_GROUP;
 
@@ -56,6 +62,42 @@ pub enum PkiError {
         name: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// The CA's certificate or key cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The CA's certificate or key is not what [`init`] writes.
+    #[error("{} is not a usable CA {what}", path.display())]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// rcgen's reason, if it gave one.
+        #[source]
+        source: Option<rcgen::Error>,
+    },
+    /// `ca.key` does not belong to `ca.pem`: anything signed with it would not verify.
+    #[error("{} is not the private key of {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The CA certificate.
+        cert: PathBuf,
+        /// The key that does not match it.
+        key: PathBuf,
+    },
+    /// The CA itself is no longer valid, so nothing it issues would be.
+    #[error("the CA {} expired on {not_after}", path.display())]
+    CaExpired {
+        /// The CA certificate.
+        path: PathBuf,
+        /// When it expired.
+        not_after: OffsetDateTime,
     },
     /// A validity of zero days asks for certificates that are already useless.
     #[error("certificate validity must be at least one day")]
@@ -172,8 +214,12 @@ impl std::fmt::Debug for Issued {
 
 /// A certificate authority held in memory.
 pub struct Ca {
-    /// The CA's certificate, name and signing key.
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    /// The CA's name and signing key: what signing a leaf needs.
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA's certificate, PEM-encoded.
+    cert_pem: String,
+    /// The end of the CA's validity: nothing it issues is valid beyond it.
+    not_after: OffsetDateTime,
 }
 
 impl Ca {
@@ -194,18 +240,70 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
-        let issuer = CertifiedIssuer::self_signed(params, key).map_err(issue_error)?;
-        Ok(Ca { issuer })
+        let cert = params.self_signed(&key).map_err(issue_error)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            not_after: validity.not_after,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA that [`init`] wrote to `dir`: `ca.pem` and its key `ca.key`.
+    pub fn load(dir: &Path) -> Result<Ca, PkiError> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        let read = |path: &Path| {
+            fs::read_to_string(path).map_err(|source| PkiError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read(&cert_path)?;
+        let key_pem = read(&key_path)?;
+        let bad_cert = |source| PkiError::Load {
+            path: cert_path.clone(),
+            what: "certificate",
+            source,
+        };
+
+        let key = KeyPair::from_pem(&key_pem).map_err(|source| PkiError::Load {
+            path: key_path.clone(),
+            what: "private key",
+            source: Some(source),
+        })?;
+        let der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| bad_cert(None))?;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|_| bad_cert(None))?;
+        // rcgen signs with whatever key it is given; a mismatch would only show later, as
+        // certificates that no server accepts.
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(PkiError::KeyMismatch {
+                cert: cert_path,
+                key: key_path,
+            });
+        }
+        let not_after = cert.validity().not_after.to_datetime();
+        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| bad_cert(Some(e)))?;
+        Ok(Ca {
+            issuer,
+            cert_pem,
+            not_after,
+        })
     }
 
     /// The CA certificate, PEM-encoded: what servers and clients trust.
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// The CA's private key, PEM-encoded. Secret.
     pub fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
+    }
+
+    /// The last moment the CA, and so anything it issues, is valid.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 
     /// A client certificate for `user` (CN) in `groups` (O), usable only as a TLS client.
@@ -374,6 +472,50 @@ pub fn init(
         written.push(key_path);
     }
     Ok(written)
+}
+
+/// Issues a client certificate for `name` (with O=admin if `admin`) from the CA that [`init`]
+/// wrote to `dir`, and writes it as `<name>.pem` and `<name>.key` (0600) next to it. Nothing
+/// else in `dir` changes.
+///
+/// The certificate is valid for `validity_days`, but never beyond the CA itself. Without
+/// `force`, an existing certificate or key of that name is left alone and reported.
+pub fn add_user(
+    dir: &Path,
+    name: &str,
+    admin: bool,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, PkiError> {
+    if validity_days == 0 {
+        return Err(PkiError::ZeroValidity);
+    }
+    validate_name(name)?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key"));
+    if !force {
+        for path in [&cert_path, &key_path] {
+            if fs::symlink_metadata(path).is_ok() {
+                return Err(PkiError::Exists { path: path.clone() });
+            }
+        }
+    }
+
+    let ca = Ca::load(dir)?;
+    let mut validity = Validity::days_from_now(validity_days);
+    if ca.not_after() <= OffsetDateTime::now_utc() {
+        return Err(PkiError::CaExpired {
+            path: dir.join("ca.pem"),
+            not_after: ca.not_after(),
+        });
+    }
+    validity.not_after = validity.not_after.min(ca.not_after());
+    let groups: &[&str] = if admin { &[ADMIN_GROUP] } else { &[] };
+    let issued = ca.issue_client(name, groups, validity)?;
+
+    write_new(&cert_path, issued.cert_pem.as_bytes(), 0o644, force)?;
+    write_new(&key_path, issued.key_pem.as_bytes(), 0o600, force)?;
+    Ok(vec![cert_path, key_path])
 }
 
 /// The client certificates to issue: every user and admin once, in the order given, with
@@ -547,6 +689,104 @@ mod tests {
                 "{bad:?} accepted: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn add_user_issues_from_the_existing_ca_and_changes_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), &names(&["alice"]), &[], 30, false).expect("init");
+        let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|entry| {
+                let path = entry.expect("entry").path();
+                let bytes = fs::read(&path).expect("read");
+                (path, bytes)
+            })
+            .collect();
+
+        let written = add_user(dir.path(), "carol", true, 30, false).expect("add-user");
+
+        assert_eq!(
+            written,
+            [dir.path().join("carol.pem"), dir.path().join("carol.key")]
+        );
+        assert_eq!(mode_of(&dir.path().join("carol.key")), 0o600);
+        for (path, bytes) in before {
+            assert_eq!(
+                fs::read(&path).expect("read"),
+                bytes,
+                "{} changed",
+                path.display()
+            );
+        }
+        let pem = fs::read(dir.path().join("carol.pem")).expect("read");
+        let der = CertificateDer::from_pem_slice(&pem).expect("PEM");
+        let identity = crate::Identity::from_peer_certs(&[der]).expect("identity");
+        assert_eq!(identity.user, "carol");
+        assert_eq!(identity.groups, [ADMIN_GROUP]);
+    }
+
+    #[test]
+    fn add_user_refuses_to_overwrite_a_user_unless_forced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), &names(&["alice"]), &[], 30, false).expect("init");
+        let key = dir.path().join("alice.key");
+        let before = fs::read(&key).expect("read");
+
+        let refused = add_user(dir.path(), "alice", false, 30, false);
+        match refused {
+            Err(PkiError::Exists { path }) => assert_eq!(path, dir.path().join("alice.pem")),
+            other => panic!("expected Exists, got {other:?}"),
+        }
+        assert_eq!(fs::read(&key).expect("read"), before);
+
+        add_user(dir.path(), "alice", false, 30, true).expect("add-user --force");
+        assert_ne!(fs::read(&key).expect("read"), before, "key not replaced");
+    }
+
+    #[test]
+    fn add_user_never_outlives_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), &[], &[], 2, false).expect("init");
+
+        add_user(dir.path(), "dave", false, 365, false).expect("add-user");
+
+        let pem = fs::read(dir.path().join("dave.pem")).expect("read");
+        let der = CertificateDer::from_pem_slice(&pem).expect("PEM");
+        let (_, cert) = X509Certificate::from_der(&der).expect("DER");
+        let ca = Ca::load(dir.path()).expect("CA");
+        assert_eq!(cert.validity().not_after.to_datetime(), ca.not_after());
+    }
+
+    #[test]
+    fn add_user_without_a_ca_names_the_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        let result = add_user(dir.path(), "carol", false, 30, false);
+
+        match result {
+            Err(PkiError::Read { path, source }) => {
+                assert_eq!(path, dir.path().join("ca.pem"));
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("expected Read, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ca_key_that_does_not_match_its_certificate_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), &[], &[], 30, false).expect("init");
+        let other = Ca::generate("another CA", Validity::days_from_now(1)).expect("CA");
+        fs::write(dir.path().join("ca.key"), other.key_pem()).expect("write");
+
+        let result = Ca::load(dir.path());
+
+        assert!(
+            matches!(result, Err(PkiError::KeyMismatch { .. })),
+            "got {:?}",
+            result.err()
+        );
     }
 
     #[test]

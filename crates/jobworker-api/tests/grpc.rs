@@ -1,14 +1,11 @@
 //! gRPC end to end: a tonic server fed by `tls_incoming`, called through `connect`.
 
-mod common;
-
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Pki, client_leaf};
 use jobworker_api::pb::job_worker_server::{JobWorker, JobWorkerServer};
 use jobworker_api::pb::{
     GetStatusRequest, GetStatusResponse, JobStatus, ListRequest, ListResponse, StartRequest,
@@ -16,6 +13,7 @@ use jobworker_api::pb::{
 };
 use jobworker_api::pki::{Leaf, Validity};
 use jobworker_api::{ConnectError, Identity, TlsIncoming, connect, tls_incoming};
+use jobworker_testkit::{Pki, client_leaf};
 use rustls::{AlertDescription, CertificateError, ServerConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -133,7 +131,7 @@ const LONG: Duration = Duration::from_secs(60);
 async fn handlers_see_the_verified_client_certificate() {
     let pki = Pki::new("test CA");
     let server = Server::start(pki.server_config(), LONG).await;
-    let alice = pki.client_config(&pki.client("alice", &["admin", "dev"]));
+    let alice = pki.client_config_for(&pki.client("alice", &["admin", "dev"]));
 
     let (user, groups) = who_am_i(&server.endpoint(), alice).await;
 
@@ -145,7 +143,7 @@ async fn handlers_see_the_verified_client_certificate() {
 async fn connect_accepts_host_port_and_ip_literals() {
     let pki = Pki::new("test CA");
     let server = Server::start(pki.server_config(), LONG).await;
-    let alice = pki.client_config(&pki.client("alice", &[]));
+    let alice = pki.client_config_for(&pki.client("alice", &[]));
 
     let (user, _) = who_am_i(&server.addr.to_string(), alice).await;
 
@@ -157,7 +155,7 @@ async fn a_silent_client_does_not_delay_others() {
     let pki = Pki::new("test CA");
     let server = Server::start(pki.server_config(), LONG).await;
     let _silent = TcpStream::connect(server.addr).await.expect("connect");
-    let alice = pki.client_config(&pki.client("alice", &[]));
+    let alice = pki.client_config_for(&pki.client("alice", &[]));
 
     let call =
         tokio::time::timeout(Duration::from_secs(5), who_am_i(&server.endpoint(), alice)).await;
@@ -211,7 +209,7 @@ async fn a_failed_handshake_does_not_stop_the_server() {
         "{refused:?}"
     );
 
-    let alice = pki.client_config(&pki.client("alice", &[]));
+    let alice = pki.client_config_for(&pki.client("alice", &[]));
     let (user, _) = who_am_i(&server.endpoint(), alice).await;
 
     assert_eq!(user, "alice");
@@ -228,7 +226,7 @@ async fn connect_reports_a_refused_client_certificate() {
         ..client_leaf("alice")
     });
 
-    let error = connect(&server.endpoint(), pki.client_config(&expired))
+    let error = connect(&server.endpoint(), pki.client_config_for(&expired))
         .await
         .expect_err("an expired certificate must be refused");
 
@@ -283,7 +281,7 @@ async fn connect_names_the_address_when_nothing_listens() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         listener.local_addr().expect("local addr")
     };
-    let alice = pki.client_config(&pki.client("alice", &[]));
+    let alice = pki.client_config_for(&pki.client("alice", &[]));
 
     let error = connect(&addr.to_string(), alice)
         .await
@@ -304,7 +302,7 @@ async fn connect_reports_an_untrusted_server_as_a_tls_failure() {
     let pki = Pki::new("test CA");
     let other = Pki::new("another CA");
     let server = Server::start(other.server_config(), LONG).await;
-    let alice = pki.client_config(&pki.client("alice", &[]));
+    let alice = pki.client_config_for(&pki.client("alice", &[]));
 
     let error = connect(&server.endpoint(), alice)
         .await

@@ -1,14 +1,12 @@
 //! The TLS policy, handshake by handshake: tokio-rustls clients, ours and deliberately
 //! non-conforming ones, against the server configuration, over 127.0.0.1.
 
-mod common;
-
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Pki, chain_and_key, client_leaf};
 use jobworker_api::pki::{Leaf, Usage, Validity};
+use jobworker_testkit::{Pki, chain_and_key, client_leaf};
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self, cipher_suite, kx_group};
 use rustls::pki_types::ServerName;
@@ -145,7 +143,7 @@ fn assert_alert(client: &Result<Negotiated, Error>, alert: AlertDescription) {
 #[tokio::test]
 async fn our_client_and_server_agree_on_tls13_aes256_and_x25519mlkem768() {
     let pki = Pki::new("test CA");
-    let client = pki.client_config(&pki.client("alice", &[]));
+    let client = pki.client_config_for(&pki.client("alice", &[]));
 
     let outcome = connect(pki.server_config(), client, "localhost").await;
 
@@ -162,7 +160,7 @@ async fn our_client_and_server_agree_on_tls13_aes256_and_x25519mlkem768() {
 #[tokio::test]
 async fn the_server_is_reachable_by_ip_address_sans() {
     let pki = Pki::new("test CA");
-    let client = pki.client_config(&pki.client("alice", &[]));
+    let client = pki.client_config_for(&pki.client("alice", &[]));
 
     for name in ["127.0.0.1", "::1"] {
         let outcome = connect(pki.server_config(), client.clone(), name).await;
@@ -339,7 +337,7 @@ async fn an_expired_client_certificate_is_refused() {
         validity: Validity::expired(),
         ..client_leaf("alice")
     });
-    let client = pki.client_config(&expired);
+    let client = pki.client_config_for(&expired);
 
     let outcome = connect(pki.server_config(), client, "localhost").await;
 
@@ -363,7 +361,7 @@ async fn a_client_certificate_for_servers_only_is_refused() {
         usages: vec![Usage::ServerAuth],
         ..client_leaf("alice")
     });
-    let client = pki.client_config(&server_only);
+    let client = pki.client_config_for(&server_only);
 
     let outcome = connect(pki.server_config(), client, "localhost").await;
 
@@ -392,7 +390,7 @@ async fn a_client_certificate_without_eku_is_refused() {
         usages: Vec::new(),
         ..client_leaf("alice")
     });
-    let client = pki.client_config(&no_eku);
+    let client = pki.client_config_for(&no_eku);
 
     let outcome = connect(pki.server_config(), client, "localhost").await;
 
@@ -418,7 +416,7 @@ async fn our_client_refuses_a_server_presenting_a_client_certificate() {
         subject_alt_names: vec!["localhost".to_owned()],
         ..client_leaf("impostor")
     });
-    let client = pki.client_config(&pki.client("alice", &[]));
+    let client = pki.client_config_for(&pki.client("alice", &[]));
 
     let outcome = connect(pki.server_config_with(&impostor), client, "localhost").await;
 
@@ -444,7 +442,7 @@ async fn our_client_refuses_a_server_certificate_without_eku() {
         usages: Vec::new(),
         ..client_leaf("unused")
     });
-    let client = pki.client_config(&pki.client("alice", &[]));
+    let client = pki.client_config_for(&pki.client("alice", &[]));
 
     let outcome = connect(pki.server_config_with(&no_eku), client, "localhost").await;
 
@@ -461,7 +459,7 @@ async fn our_client_refuses_a_server_certificate_without_eku() {
 #[tokio::test]
 async fn our_client_refuses_a_server_certificate_for_another_name() {
     let pki = Pki::new("test CA");
-    let client = pki.client_config(&pki.client("alice", &[]));
+    let client = pki.client_config_for(&pki.client("alice", &[]));
 
     let outcome = connect(pki.server_config(), client, "jobworker.example").await;
 
@@ -481,7 +479,7 @@ async fn our_client_refuses_a_server_certificate_for_another_name() {
 async fn our_client_refuses_a_server_from_another_ca() {
     let pki = Pki::new("test CA");
     let other = Pki::new("another CA");
-    let client = pki.client_config(&pki.client("alice", &[]));
+    let client = pki.client_config_for(&pki.client("alice", &[]));
 
     let outcome = connect(other.server_config(), client, "localhost").await;
 

@@ -407,6 +407,9 @@ pub struct ExitRecord {
 
 /// The file name of the exit record in a job's directory.
 pub const EXIT_FILE: &str = "exit";
+/// Where the init writes the record before renaming it to [`EXIT_FILE`]; the worker creates it
+/// with its space allocated.
+pub const EXIT_TMP_FILE: &str = "exit.tmp";
 
 impl ExitRecord {
     /// Size of the encoded record.

@@ -942,6 +942,19 @@ impl Shared {
             .map_err(|e| Error::io(format!("cannot create {}", log_path.display()), e))?;
         let dir_fd =
             File::open(&dir).map_err(|e| Error::io("cannot open the job's directory", e))?;
+        // The init's exit record goes here; its block is allocated now so that the record can
+        // be written even if the job fills the disk.
+        let exit_tmp = dir.join(crate::protocol::EXIT_TMP_FILE);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&exit_tmp)
+            .and_then(|f| {
+                nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, 4096)
+                    .map_err(io::Error::from)
+            })
+            .map_err(|e| Error::io(format!("cannot create {}", exit_tmp.display()), e))?;
         let grow = tokio::sync::watch::Sender::new(());
         let watch = self
             .watcher

@@ -5,8 +5,13 @@ mod common;
 use common::{TESTPROG, sh, worker};
 use jobworker::{JobState, StreamFilter};
 
+/// One test at a time: one of them measures this process's memory, which the others' buffers
+/// would inflate.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_reader_gets_everything_from_byte_zero() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker().await;
     let id = w.start("/bin/sh", &["-c", "seq 1 20000"]).await;
     let status = w.wait(id).await.expect("wait");
@@ -20,6 +25,7 @@ async fn late_reader_gets_everything_from_byte_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_readers_of_a_running_job_get_identical_bytes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = std::sync::Arc::new(worker().await);
     // 2000 rounds of all 256 byte values, paced so the job is still writing while readers attach.
     let reps = 2000;
@@ -49,6 +55,7 @@ async fn fifty_concurrent_readers_of_a_running_job_get_identical_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_select_stdout_stderr_or_both() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker().await;
     let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done";
     let id = w.start_with(sh(script), Default::default()).await;
@@ -80,6 +87,7 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_of_output_keeps_memory_bounded() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker().await;
     let before = rss_bytes();
     let id = w
@@ -123,6 +131,7 @@ impl Drop for SmallFs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_that_cannot_be_stored_is_reported_not_silently_truncated() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = SmallFs(tempfile::tempdir().expect("tempdir"));
     nix::mount::mount(
         Some("tmpfs"),
@@ -170,6 +179,7 @@ async fn output_that_cannot_be_stored_is_reported_not_silently_truncated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_resumes_at_the_offset_it_was_given_without_gap_or_duplicate() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker().await;
     let id = w
         .start("/bin/sh", &["-c", "seq 1 100000; seq 1 10 >&2"])
@@ -210,6 +220,7 @@ async fn a_reader_resumes_at_the_offset_it_was_given_without_gap_or_duplicate() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_past_the_limit_is_counted_and_dropped_while_the_job_runs_on() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker().await;
     let limit = 100 * 1024;
     let limits = jobworker::Limits {

@@ -3,22 +3,29 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use jobworker::{Config, StateLock, Worker};
+use jobworker_api::paths::{self, DEFAULT_PKI_DIR_HELP};
+use jobworker_api::pki::{self, PkiError};
 use jobworkerd::Server;
+use jobworkerd::notify::Notifier;
 use tokio::signal::unix::{SignalKind, signal};
 
 const AFTER_HELP: &str = "\
-Quick start (development PKI in ./dev-pki, server on 127.0.0.1:50051):
-  jobworkerd certs init --user alice --user bob --admin admin
-  sudo jobworkerd serve
-  jobctl run -- echo hello";
+Quick start, as root (development PKI in ~/.local/share/jobworker/dev-pki, server on
+127.0.0.1:50051; jobctl finds the same PKI by default):
+  jobworkerd certs init
+  jobworkerd serve &
+  jobctl run -- echo hello
+
+As a service: the Debian package installs jobworkerd.service; its settings are in
+/etc/default/jobworkerd (every serve flag has a JOBWORKER_* variable).";
 
 #[derive(Parser)]
 #[command(name = "jobworkerd", version, about = "Runs commands as isolated, resource-limited jobs for mTLS-authenticated clients",
@@ -52,6 +59,13 @@ Examples:
     /// Manage a development PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Write the manual pages (jobworkerd.8, jobworkerd-serve.8, ...) into a directory; used
+    /// by the packaging script.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -59,15 +73,17 @@ struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, env = "JOBWORKER_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// CA certificate (PEM) that client certificates must chain to.
-    #[arg(long, env = "JOBWORKER_CA", default_value = "dev-pki/ca.pem")]
-    ca: PathBuf,
-    /// Server certificate chain (PEM), with EKU serverAuth.
-    #[arg(long, env = "JOBWORKER_CERT", default_value = "dev-pki/server.pem")]
-    cert: PathBuf,
-    /// Server private key (PEM).
-    #[arg(long, env = "JOBWORKER_KEY", default_value = "dev-pki/server.key")]
-    key: PathBuf,
+    /// CA certificate (PEM) that client certificates must chain to [default: ca.pem of the
+    /// development PKI, see `certs init`].
+    #[arg(long, env = "JOBWORKER_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Server certificate chain (PEM), with EKU serverAuth [default: server.pem of the
+    /// development PKI].
+    #[arg(long, env = "JOBWORKER_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM) [default: server.key of the development PKI].
+    #[arg(long, env = "JOBWORKER_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Where job output logs are kept. Logs do not survive a restart.
     #[arg(
         long,
@@ -121,19 +137,35 @@ enum CertsCommand {
     /// Create a development CA, a server certificate for localhost, and one client certificate per
     /// user. Keys are written 0600. Not for production.
     #[command(after_help = "\
+The PKI goes to $XDG_DATA_HOME/jobworker/dev-pki (~/.local/share/jobworker/dev-pki when
+XDG_DATA_HOME is unset), outside any repository; `jobworkerd serve` and jobctl look there by
+default.
+
 Identity: a client certificate's CN is the user; its O values are groups. Members of group \"admin\"
 see and act on every job.
 
-Example:
-  jobworkerd certs init --dir dev-pki --user alice --user bob --admin admin")]
+Examples:
+  jobworkerd certs init
+  jobworkerd certs init --dir /tmp/pki --user alice --user bob --admin admin --days 7")]
     Init(CertsInitArgs),
+    /// Issue a client certificate for one more user from the existing development CA.
+    #[command(after_help = "\
+Signs with the CA key (ca.key) in the PKI directory; the CA, the server certificate and the other
+users' files are left as they are, so a running jobworkerd accepts the new user at once. The
+certificate never outlives the CA.
+
+Examples:
+  jobworkerd certs add-user carol
+  jobworkerd certs add-user --admin dave
+  jobctl --user carol list")]
+    AddUser(CertsAddUserArgs),
 }
 
 #[derive(Args)]
 struct CertsInitArgs {
-    /// Directory to write the PKI to.
-    #[arg(long, default_value = "dev-pki")]
-    dir: PathBuf,
+    /// Directory to write the PKI to [default: $XDG_DATA_HOME/jobworker/dev-pki].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
     /// A user to issue a client certificate for (repeatable).
     #[arg(long = "user", value_name = "NAME", default_values_t = ["alice".to_string(), "bob".to_string()])]
     users: Vec<String>,
@@ -144,6 +176,25 @@ struct CertsInitArgs {
     #[arg(long, default_value_t = 30)]
     days: u32,
     /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CertsAddUserArgs {
+    /// The user: the certificate's CN, and the name of its files (NAME.pem, NAME.key).
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Make the user an admin (O=admin): they see and act on every job.
+    #[arg(long)]
+    admin: bool,
+    /// The PKI directory made by `certs init` [default: $XDG_DATA_HOME/jobworker/dev-pki].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Validity in days (capped at the CA's own).
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Replace the user's existing certificate and key.
     #[arg(long)]
     force: bool,
 }
@@ -178,6 +229,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Certs(CertsCommand::Init(args)) => certs_init(args),
+        Command::Certs(CertsCommand::AddUser(args)) => certs_add_user(args),
+        Command::ManPages { dir } => man_pages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,19 +241,85 @@ fn main() -> ExitCode {
     }
 }
 
+/// `dir`, or the development PKI's default directory.
+fn pki_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match dir {
+        Some(dir) => Ok(dir),
+        None => paths::default_pki_dir().with_context(|| {
+            format!(
+                "cannot locate the development PKI ({DEFAULT_PKI_DIR_HELP}): neither XDG_DATA_HOME nor HOME \
+                 is set; pass --dir"
+            )
+        }),
+    }
+}
+
 fn certs_init(args: CertsInitArgs) -> anyhow::Result<()> {
+    let dir = pki_dir(args.dir)?;
     let written =
-        jobworker_api::pki::init(&args.dir, &args.users, &args.admins, args.days, args.force)
-            .map_err(|e| match e {
-                jobworker_api::pki::PkiError::Exists { .. } => {
-                    anyhow::anyhow!("{e} (pass --force to replace the whole development PKI)")
-                }
-                other => other.into(),
-            })?;
+        pki::init(&dir, &args.users, &args.admins, args.days, args.force).map_err(|e| match e {
+            PkiError::Exists { .. } => anyhow::anyhow!(
+                "{e} (pass --force to replace the whole development PKI, or add users with \
+                 `jobworkerd certs add-user NAME`)"
+            ),
+            other => other.into(),
+        })?;
+    print_written(&dir, &written, "a development PKI (not for production)")
+}
+
+fn certs_add_user(args: CertsAddUserArgs) -> anyhow::Result<()> {
+    let dir = pki_dir(args.dir)?;
+    let written = pki::add_user(&dir, &args.name, args.admin, args.days, args.force).map_err(
+        |e| match e {
+            PkiError::Exists { .. } => {
+                anyhow::anyhow!(
+                    "{e} (pass --force to issue {} a new certificate)",
+                    args.name
+                )
+            }
+            PkiError::Read { .. } => {
+                anyhow::anyhow!("{e:#} (create the PKI first with `jobworkerd certs init`)")
+            }
+            other => other.into(),
+        },
+    )?;
+    let what = if args.admin {
+        format!("a certificate for {} (group admin)", args.name)
+    } else {
+        format!("a certificate for {}", args.name)
+    };
+    print_written(&dir, &written, &what)
+}
+
+/// Says where files went: the directory first, then each file, so that both people and scripts
+/// (`tail -n +2`) can read it.
+fn print_written(dir: &Path, written: &[PathBuf], what: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "wrote {what} to {}:", dir.display())?;
     for path in written {
-        println!("{}", path.display());
+        writeln!(out, "{}", path.display())?;
     }
     Ok(())
+}
+
+/// The manual pages of every visible (sub)command, in section 8 (system administration: a
+/// daemon run by root).
+fn man_pages(dir: &Path) -> anyhow::Result<()> {
+    fn write(command: clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+            write(sub.clone(), dir)?;
+        }
+        clap_mangen::Man::new(command)
+            .section("8")
+            .generate_to(dir)?;
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Built once from the top, so that subcommands are named `jobworkerd-serve` and so on.
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    write(command, dir).with_context(|| format!("cannot write manual pages to {}", dir.display()))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -209,7 +328,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "jobworkerd serve needs root to create namespaces and cgroups (try: sudo jobworkerd serve)"
         );
     }
-    let tls = jobworker_api::tls::server_config(&args.ca, &args.cert, &args.key)
+    // Before any thread exists, and from the main process: systemd accepts notifications only
+    // from the service's main PID.
+    let notifier = Notifier::from_env()?;
+    let (ca, cert, key) = match (args.ca, args.cert, args.key) {
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        (ca, cert, key) => {
+            let dir = paths::default_pki_dir().with_context(|| {
+                format!(
+                    "cannot locate the development PKI ({DEFAULT_PKI_DIR_HELP}): neither \
+                     XDG_DATA_HOME nor HOME is set; pass --ca, --cert and --key"
+                )
+            })?;
+            (
+                ca.unwrap_or_else(|| dir.join("ca.pem")),
+                cert.unwrap_or_else(|| dir.join("server.pem")),
+                key.unwrap_or_else(|| dir.join("server.key")),
+            )
+        }
+    };
+    let tls = jobworker_api::tls::server_config(&ca, &cert, &key)
         .context("cannot load the server's TLS configuration (create a development PKI with `jobworkerd certs init`)")?;
     let mut config = Config {
         state_dir: args.state_dir,
@@ -217,7 +355,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cgroup_parent: args.cgroup_parent,
         stop_grace: args.stop_grace,
         max_jobs: args.max_jobs,
-        secrets: vec![args.key.clone()],
+        secrets: vec![key.clone()],
         ..Config::default()
     };
     config.sandbox.ro_paths = args.ro_paths;
@@ -256,10 +394,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cgroup_parents = ?worker.cgroup_parents(),
             "jobworkerd listening (mutual TLS 1.3)"
         );
+        notifier.ready(&format!("listening on {}", server.local_addr()));
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
+        notifier.stopping("stopping jobs");
         server.shutdown().await;
         anyhow::Ok(())
     })

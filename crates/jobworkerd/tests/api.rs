@@ -66,7 +66,7 @@ async fn users_cannot_see_or_touch_each_others_jobs_but_admins_can() {
     let t = TestServer::start().await;
     let mut alice = t.client("alice").await;
     let mut bob = t.client("bob").await;
-    let mut admin = t.client("root").await;
+    let mut admin = t.client("admin").await;
     let id = start(&mut alice, "/bin/sleep", &["1000"]).await;
 
     let err = status(&mut bob, &id)

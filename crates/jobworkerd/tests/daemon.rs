@@ -2,14 +2,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::JOBWORKERD;
 use jobworker_api::pb;
+use jobworker_api::pb::job_worker_client::JobWorkerClient;
+use jobworker_testkit::{Daemon, Pki, eventually};
 use tonic::Code;
+use tonic::transport::Channel;
 
 #[test]
 fn certs_init_writes_private_keys_0600_and_refuses_to_overwrite() {
@@ -56,118 +60,39 @@ fn certs_init_writes_private_keys_0600_and_refuses_to_overwrite() {
     assert_ne!(std::fs::read(pki.join("alice.key")).expect("key"), before);
 }
 
-/// A `jobworkerd serve` child process, killed on drop if the test did not end it.
-struct Daemon {
-    child: std::process::Child,
-    addr: String,
-    logs: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(pki: &std::path::Path, state: &std::path::Path, parent: &str) -> Daemon {
-    let mut child = Command::new(JOBWORKERD)
-        .arg("serve")
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--stop-grace",
-            "2s",
-            "--cgroup-parent",
-            parent,
-        ])
-        .arg("--ca")
-        .arg(pki.join("ca.pem"))
-        .arg("--cert")
-        .arg(pki.join("server.pem"))
-        .arg("--key")
-        .arg(pki.join("server.key"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--job-ids", &common::random_job_ids().to_string()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start jobworkerd serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, logs) = std::sync::mpsc::channel();
-    // Keep draining the log so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    // Owned by the guard from here on, so a failed wait below still kills it.
-    let mut daemon = Daemon {
-        child,
-        addr: String::new(),
-        logs,
-    };
-    let mut seen = Vec::new();
-    daemon.addr = loop {
-        let line = daemon
-            .logs
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("jobworkerd did not report listening; log: {seen:#?}"));
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_owned();
-        }
-        seen.push(line);
-    };
-    daemon
-}
-
-/// A dev PKI and state dir in a temporary directory, a daemon with its own cgroup parent, and a
-/// client connected as alice.
+/// A development PKI, a daemon with its own state directory and cgroup parent, and a client
+/// connected as alice.
 struct Setup {
-    dir: tempfile::TempDir,
-    parent: String,
+    pki: Pki,
     daemon: Daemon,
-    client: jobworker_api::pb::job_worker_client::JobWorkerClient<tonic::transport::Channel>,
+    client: JobWorkerClient<Channel>,
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = dir.path().join("pki");
-    let made = Command::new(JOBWORKERD)
-        .args(["certs", "init", "--dir"])
-        .arg(&pki)
-        .output()
-        .expect("certs init");
-    assert!(made.status.success());
-    let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
-    let daemon = serve(&pki, &dir.path().join("state"), &parent);
-    let config = jobworker_api::tls::client_config(
-        &pki.join("ca.pem"),
-        &pki.join("alice.pem"),
-        &pki.join("alice.key"),
-    )
-    .expect("client config");
-    let client = jobworker_api::connect(&format!("https://{}", daemon.addr), config)
-        .await
-        .expect("connect");
+    let pki = Pki::dev();
+    let daemon = Daemon::start(pki.dir());
+    let client = connect(&daemon, &pki, "alice").await;
     Setup {
-        dir,
-        parent,
+        pki,
         daemon,
         client,
     }
 }
 
+async fn connect(daemon: &Daemon, pki: &Pki, user: &str) -> JobWorkerClient<Channel> {
+    jobworker_api::connect(&daemon.endpoint(), pki.client_config(user))
+        .await
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
     let Setup {
-        dir: _dir,
-        parent,
+        pki: _pki,
         mut daemon,
         mut client,
     } = setup().await;
+    let parent = daemon.cgroup_parent().to_owned();
     // A job that ignores SIGTERM: the daemon must wait the grace period, then kill it.
     let id = client
         .start(pb::StartRequest {
@@ -200,11 +125,7 @@ async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
         .collect();
 
     let sent = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let end = loop {
         match stream.message().await {
             Ok(Some(_)) => continue,
@@ -213,20 +134,17 @@ async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
     };
     let status = end.expect_err("the stream ends with a status");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let exit = loop {
-        if let Some(exit) = daemon.child.try_wait().expect("try_wait") {
-            break exit;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(2 + 5),
-            "jobworkerd still running {:?} after SIGTERM",
-            sent.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = daemon
+        .wait(Duration::from_secs(2 + 5).saturating_sub(sent.elapsed()))
+        .unwrap_or_else(|| {
+            panic!(
+                "jobworkerd still running {:?} after SIGTERM",
+                sent.elapsed()
+            )
+        });
     assert_eq!(exit.code(), Some(0), "jobworkerd exit status");
-    let logs: Vec<String> = daemon.logs.try_iter().collect();
-    assert!(logs.iter().any(|l| l.contains("shut down")), "{logs:#?}");
+    let logs = daemon.log();
+    assert!(logs.contains("shut down"), "{logs}");
     // No job cgroup and no parent are left in any hierarchy.
     for mount in cgroup_dirs {
         let found = Command::new("find")
@@ -257,12 +175,11 @@ fn processes_with(marker: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups() {
-    let Setup {
-        dir,
-        parent,
-        mut daemon,
-        mut client,
-    } = setup().await;
+    let pki = Pki::dev();
+    let state = tempfile::tempdir().expect("state dir");
+    let mut daemon = Daemon::options(pki.dir()).state_dir(state.path()).start();
+    let parent = daemon.cgroup_parent().to_owned();
+    let mut client = connect(&daemon, &pki, "alice").await;
     let marker = "1000.424242";
     client
         .start(pb::StartRequest {
@@ -275,13 +192,11 @@ async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups(
     assert!(processes_with(marker) > 0, "the job runs");
 
     // A crash: no chance to stop anything.
-    daemon.child.kill().expect("SIGKILL the daemon");
-    daemon.child.wait().expect("reap the daemon");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while processes_with(marker) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(processes_with(marker), 0, "the job outlived its daemon");
+    daemon.kill();
+    assert!(
+        eventually(Duration::from_secs(10), || processes_with(marker) == 0).await,
+        "the job outlived its daemon"
+    );
 
     // Its cgroup is still there (nobody removed it) until the next daemon starts.
     let find = |name: &str| {
@@ -305,17 +220,280 @@ async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups(
         find(&parent) > 0,
         "the crashed daemon's cgroups are expected to remain"
     );
-    let mut next = serve(&dir.path().join("pki"), &dir.path().join("state"), &parent);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(next.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let exit = next.child.wait().expect("wait");
+    let mut next = Daemon::options(pki.dir())
+        .state_dir(state.path())
+        .cgroup_parent(&parent)
+        .start();
+    let exit = next.terminate();
     assert_eq!(exit.code(), Some(0));
     assert_eq!(
         find(&parent),
         0,
         "the next daemon removed the stale job cgroups and its parent"
+    );
+}
+
+/// `jobworkerd ARGS` with `env`, and nothing of the developer's XDG or HOME settings.
+fn jobworkerd(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    Command::new(JOBWORKERD)
+        .args(args)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("HOME")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run jobworkerd")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn certs_init_writes_to_the_xdg_data_dir_by_default_and_says_where() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let home = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            vec![("XDG_DATA_HOME", data.path()), ("HOME", home.path())],
+            data.path().join("jobworker/dev-pki"),
+        ),
+        (
+            vec![("HOME", home.path())],
+            home.path().join(".local/share/jobworker/dev-pki"),
+        ),
+    ];
+    for (env, expected) in cases {
+        let out = jobworkerd(&["certs", "init"], &env);
+
+        assert!(out.status.success(), "{env:?}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            stdout.lines().next(),
+            Some(
+                format!(
+                    "wrote a development PKI (not for production) to {}:",
+                    expected.display()
+                )
+                .as_str()
+            ),
+            "{stdout}"
+        );
+        for file in ["ca.pem", "ca.key", "server.pem", "alice.key", "admin.pem"] {
+            assert!(expected.join(file).is_file(), "{file} missing: {stdout}");
+        }
+    }
+}
+
+#[test]
+fn serve_without_tls_flags_reads_the_development_pki() {
+    let data = tempfile::tempdir().expect("tempdir");
+
+    let out = jobworkerd(&["serve"], &[("XDG_DATA_HOME", data.path())]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let expected = data.path().join("jobworker/dev-pki/ca.pem");
+    assert!(
+        stderr.contains(&expected.display().to_string()) && stderr.contains("certs init"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_add_user_issues_certificates_the_running_daemon_accepts() {
+    let pki = Pki::dev();
+    let daemon = Daemon::start(pki.dir());
+    let unchanged: Vec<(String, Vec<u8>)> = ["ca.pem", "ca.key", "server.pem", "alice.pem"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(pki.path(f)).expect("read")))
+        .collect();
+    let dir = pki.dir().to_str().expect("UTF-8 path");
+
+    for args in [
+        &["certs", "add-user", "carol", "--dir", dir][..],
+        &["certs", "add-user", "--admin", "dave", "--dir", dir],
+    ] {
+        let out = jobworkerd(args, &[]);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
+
+    for (file, before) in unchanged {
+        assert_eq!(
+            std::fs::read(pki.path(&file)).expect("read"),
+            before,
+            "{file} changed"
+        );
+    }
+    let mut carol = connect(&daemon, &pki, "carol").await;
+    let id = carol
+        .start(pb::StartRequest {
+            command: "/bin/true".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the daemon accepts carol's new certificate")
+        .into_inner()
+        .job_id;
+    let mut alice = connect(&daemon, &pki, "alice").await;
+    alice
+        .start(pb::StartRequest {
+            command: "/bin/true".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start as alice");
+    let owners = |jobs: Vec<pb::JobStatus>| {
+        let mut owners: Vec<String> = jobs.into_iter().map(|job| job.owner).collect();
+        owners.sort();
+        owners
+    };
+    let mut dave = connect(&daemon, &pki, "dave").await;
+    let all = dave.list(pb::ListRequest {}).await.expect("list as dave");
+    assert_eq!(
+        owners(all.into_inner().jobs),
+        ["alice", "carol"],
+        "dave (--admin) sees every job"
+    );
+    let own = carol.list(pb::ListRequest {}).await.expect("list as carol");
+    let own = own.into_inner().jobs;
+    assert_eq!(owners(own.clone()), ["carol"], "carol is no admin");
+    assert_eq!(own[0].job_id, id);
+}
+
+#[test]
+fn certs_add_user_refuses_to_replace_a_user_unless_forced() {
+    let pki = Pki::dev();
+    let dir = pki.dir().to_str().expect("UTF-8 path");
+    let before = std::fs::read(pki.path("alice.key")).expect("read");
+
+    let refused = jobworkerd(&["certs", "add-user", "alice", "--dir", dir], &[]);
+
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.starts_with("jobworkerd: error: refusing to overwrite")
+            && stderr.contains("alice.pem")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(pki.path("alice.key")).expect("read"), before);
+
+    let forced = jobworkerd(
+        &["certs", "add-user", "alice", "--dir", dir, "--force"],
+        &[],
+    );
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_ne!(std::fs::read(pki.path("alice.key")).expect("read"), before);
+}
+
+#[test]
+fn certs_add_user_without_a_pki_says_to_create_one() {
+    let data = tempfile::tempdir().expect("tempdir");
+
+    let out = jobworkerd(
+        &["certs", "add-user", "carol"],
+        &[("XDG_DATA_HOME", data.path())],
+    );
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let ca = data.path().join("jobworker/dev-pki/ca.pem");
+    assert!(
+        stderr.contains(&format!("cannot read {}", ca.display()))
+            && stderr.contains("jobworkerd certs init"),
+        "{stderr}"
+    );
+}
+
+/// The next datagram on `socket`, as text; fails the test after `within`.
+fn next_notification(socket: &UnixDatagram, within: Duration) -> String {
+    socket.set_read_timeout(Some(within)).expect("timeout");
+    let mut buffer = [0u8; 4096];
+    let n = socket
+        .recv(&mut buffer)
+        .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+#[test]
+fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let pki = Pki::dev();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notification socket");
+
+    let mut daemon = Daemon::options(pki.dir())
+        .env("NOTIFY_SOCKET", &path)
+        .start();
+
+    let ready = next_notification(&socket, Duration::from_secs(10));
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS=listening on {}", daemon.address())
+    );
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let stopping = next_notification(&socket, Duration::from_secs(10));
+    assert!(stopping.starts_with("STOPPING=1\n"), "{stopping:?}");
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+fn serve_notifies_an_abstract_socket_too() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::SocketAddr;
+    let pki = Pki::dev();
+    let name = format!("jobworkerd-test-{}", uuid::Uuid::new_v4());
+    let address = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract address");
+    let socket = UnixDatagram::bind_addr(&address).expect("bind the notification socket");
+
+    let daemon = Daemon::options(pki.dir())
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .start();
+
+    let ready = next_notification(&socket, Duration::from_secs(10));
+    assert!(ready.starts_with("READY=1\n"), "{ready:?}");
+    drop(daemon);
+}
+
+#[test]
+fn man_pages_are_written_for_every_visible_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let out = Command::new(JOBWORKERD)
+        .arg("man-pages")
+        .arg(dir.path())
+        .output()
+        .expect("run jobworkerd man-pages");
+
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    pages.sort();
+    assert_eq!(
+        pages,
+        [
+            "jobworkerd-certs-add-user.8",
+            "jobworkerd-certs-init.8",
+            "jobworkerd-certs.8",
+            "jobworkerd-serve.8",
+            "jobworkerd.8"
+        ]
+    );
+    let serve = std::fs::read_to_string(dir.path().join("jobworkerd-serve.8")).expect("read");
+    assert!(
+        serve.starts_with(".ie") || serve.contains(".TH jobworkerd-serve 8"),
+        "{serve}"
+    );
+    assert!(
+        serve.contains("JOBWORKER_LISTEN"),
+        "env variables are documented"
     );
 }

@@ -8,7 +8,7 @@
 //! alive), writes the exit record and exits; the kernel tears the namespaces down after it.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::SystemTime;
 
@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 use super::{FORWARDED, KILL_REQUEST, Started};
 use crate::output::{HEADER, LogWriter, Stream};
-use crate::protocol::{EXIT_FILE, ExitRecord, Outcome};
+use crate::protocol::{EXIT_FILE, EXIT_TMP_FILE, ExitRecord, Outcome};
 
 /// The most read from each pipe after the job's processes are gone: more than a pipe can hold
 /// (1 MiB is the kernel's default `pipe-max-size`), so everything buffered is kept, yet bounded
@@ -200,19 +200,19 @@ fn drain(pipe: File, stream: Stream, log: &mut LogWriter, frame: &mut [u8]) {
     }
 }
 
-/// Writes the record next to the log: to a temporary name, then renamed, so a reader finds a
-/// whole record or none.
+/// Writes the record next to the log: into `exit.tmp`, which the worker created with its blocks
+/// already allocated (so the record is written even when the job filled the disk), then renamed,
+/// so a reader finds a whole record or none.
 fn write_exit_record(job_dir: &OwnedFd, record: &ExitRecord) -> Result<(), Errno> {
-    let tmp = "exit.tmp";
     let fd = nix::fcntl::openat(
         job_dir,
-        tmp,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+        EXIT_TMP_FILE,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )?;
-    let mut file = File::from(fd);
-    file.write_all(&record.encode())
+    let file = File::from(fd);
+    std::os::unix::fs::FileExt::write_all_at(&file, &record.encode(), 0)
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     drop(file);
-    nix::fcntl::renameat(job_dir, tmp, job_dir, EXIT_FILE)
+    nix::fcntl::renameat(job_dir, EXIT_TMP_FILE, job_dir, EXIT_FILE)
 }

@@ -7,75 +7,39 @@ use std::time::Duration;
 
 use jobworker::{Config, Error, IdRange, StateLock, Worker};
 use jobworker_api::pb::job_worker_client::JobWorkerClient;
-use jobworker_api::pki::{Ca, Leaf, Usage, Validity};
+use jobworker_api::pki::{Leaf, Usage, Validity};
+#[allow(unused_imports)] // each test binary uses a different part
+pub use jobworker_testkit::{Pki, eventually};
 use jobworkerd::Server;
 use tonic::transport::Channel;
 
 /// The daemon binary: it is also every job's init.
 pub const JOBWORKERD: &str = env!("CARGO_BIN_EXE_jobworkerd");
 
-/// The test PKI on disk: a CA, a server certificate, users alice and bob, admin "root" (O=admin),
-/// and certificates the server must refuse.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-}
-
-impl Pki {
-    pub fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("pki dir");
-        let ca = Ca::generate("test CA", Validity::days_from_now(1)).expect("ca");
-        let write = |name: &str, cert: &str, key: &str| {
-            std::fs::write(dir.path().join(format!("{name}.pem")), cert).expect("write cert");
-            std::fs::write(dir.path().join(format!("{name}.key")), key).expect("write key");
-        };
-        write("ca", &ca.cert_pem(), &ca.key_pem());
-        let server = ca
-            .issue_server(
-                &["localhost", "127.0.0.1", "::1"],
-                Validity::days_from_now(1),
-            )
-            .expect("server cert");
-        write("server", &server.cert_pem, &server.key_pem);
-        for (user, groups) in [("alice", &[][..]), ("bob", &[]), ("root", &["admin"])] {
-            let c = ca
-                .issue_client(user, groups, Validity::days_from_now(1))
-                .expect("client cert");
-            write(user, &c.cert_pem, &c.key_pem);
-        }
-        let expired = ca
+/// The test PKI on disk: the development PKI (CA, server, alice, bob, admin with O=admin) plus
+/// certificates the server must refuse: `expired`, `server-eku` (serverAuth only, claiming
+/// O=admin) and `other-ca` (alice, admin, from another CA).
+pub fn pki() -> Pki {
+    let pki = Pki::dev();
+    pki.write(
+        "expired",
+        &pki.ca()
             .issue_client("old", &[], Validity::expired())
-            .expect("expired");
-        write("expired", &expired.cert_pem, &expired.key_pem);
-        let server_only = ca
-            .issue(&Leaf {
-                common_name: Some("imposter".into()),
-                groups: vec!["admin".into()],
-                subject_alt_names: vec![],
-                usages: vec![Usage::ServerAuth],
-                validity: Validity::days_from_now(1),
-            })
-            .expect("serverAuth-only cert");
-        write("server-eku", &server_only.cert_pem, &server_only.key_pem);
-        let other = Ca::generate("another CA", Validity::days_from_now(1)).expect("other ca");
-        let stranger = other
-            .issue_client("alice", &["admin"], Validity::days_from_now(1))
-            .expect("stranger");
-        write("other-ca", &stranger.cert_pem, &stranger.key_pem);
-        Pki { dir }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn client_config(&self, user: &str) -> Arc<rustls::ClientConfig> {
-        jobworker_api::tls::client_config(
-            &self.path("ca.pem"),
-            &self.path(&format!("{user}.pem")),
-            &self.path(&format!("{user}.key")),
-        )
-        .expect("client config")
-    }
+            .expect("expired"),
+    );
+    pki.write(
+        "server-eku",
+        &pki.leaf(Leaf {
+            common_name: Some("imposter".into()),
+            groups: vec!["admin".into()],
+            subject_alt_names: vec![],
+            usages: vec![Usage::ServerAuth],
+            validity: Validity::days_from_now(1),
+        }),
+    );
+    let other = Pki::new("another CA");
+    pki.write("other-ca", &other.client("alice", &["admin"]));
+    pki
 }
 
 pub fn worker_config(state_dir: &Path) -> Config {
@@ -88,23 +52,17 @@ pub fn worker_config(state_dir: &Path) -> Config {
         init_program: Some(PathBuf::from(JOBWORKERD)),
         cgroup_parent: PathBuf::from(format!("jobworkerd-test-{}", uuid::Uuid::new_v4())),
         stop_grace: Duration::from_secs(3),
+        max_total_output: Some(1 << 40),
         ..Config::default()
     }
 }
 
-/// A range of 64 job uids picked at random among a million such blocks: tests run many workers
-/// and daemons at once, and each needs a range no other running one holds.
-pub fn random_job_ids() -> IdRange {
-    let bytes = *uuid::Uuid::new_v4().as_bytes();
-    let block = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) % (1 << 20);
-    let first = 1_000_000_000 + block * 64;
-    IdRange::new(first, first + 63).expect("range")
-}
-
-/// A worker on `config` with a uid range no other running worker holds.
+/// A worker on `config` with a uid range no other running worker or daemon holds.
 pub async fn start_worker(mut config: Config) -> Worker {
     for _ in 0..200 {
-        config.job_ids = random_job_ids();
+        config.job_ids = jobworker_testkit::random_job_ids()
+            .parse::<IdRange>()
+            .expect("range");
         let lock = StateLock::acquire(&config.state_dir).expect("lock the state dir");
         match Worker::new(config.clone(), lock).await {
             Err(Error::IdRangeBusy { .. }) => continue,
@@ -124,15 +82,10 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        let pki = Pki::new();
+        let pki = pki();
         let state_dir = tempfile::tempdir().expect("state dir");
         let worker = Arc::new(start_worker(worker_config(state_dir.path())).await);
-        let tls = jobworker_api::tls::server_config(
-            &pki.path("ca.pem"),
-            &pki.path("server.pem"),
-            &pki.path("server.key"),
-        )
-        .expect("server tls");
+        let tls = pki.server_config();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -166,20 +119,5 @@ impl TestServer {
                 dir.display()
             );
         }
-    }
-}
-
-/// Polls `cond` until it holds or `within` passes; for state another party changes (no fixed
-/// sleeps: it returns as soon as the condition holds).
-pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
