@@ -60,6 +60,9 @@ fn certs_init_writes_private_keys_0600_and_refuses_to_overwrite() {
 struct Daemon {
     child: std::process::Child,
     addr: String,
+    /// The log up to and including the line that says where it listens.
+    startup_logs: Vec<String>,
+    /// The log from there on, as it comes.
     logs: std::sync::mpsc::Receiver<String>,
 }
 
@@ -71,7 +74,20 @@ impl Drop for Daemon {
 }
 
 fn serve(pki: &std::path::Path, state: &std::path::Path, parent: &str) -> Daemon {
-    let mut child = Command::new(JOBWORKERD)
+    serve_with(Command::new(JOBWORKERD), &[], pki, state, parent)
+}
+
+/// `serve` run through `command` (the daemon, or a wrapper that execs it) with `extra`
+/// arguments before the subcommand.
+fn serve_with(
+    mut command: Command,
+    extra: &[&str],
+    pki: &std::path::Path,
+    state: &std::path::Path,
+    parent: &str,
+) -> Daemon {
+    let mut child = command
+        .args(extra)
         .arg("serve")
         .args([
             "--listen",
@@ -106,18 +122,27 @@ fn serve(pki: &std::path::Path, state: &std::path::Path, parent: &str) -> Daemon
     let mut daemon = Daemon {
         child,
         addr: String::new(),
+        startup_logs: Vec::new(),
         logs,
     };
-    let mut seen = Vec::new();
     daemon.addr = loop {
         let line = daemon
             .logs
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("jobworkerd did not report listening; log: {seen:#?}"));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "jobworkerd did not report listening; log: {:#?}",
+                    daemon.startup_logs
+                )
+            });
+        daemon.startup_logs.push(line.clone());
         if let Some(rest) = line.split("listen=").nth(1) {
             break rest.split_whitespace().next().expect("address").to_owned();
         }
-        seen.push(line);
+        // --log-format json
+        if let Some(rest) = line.split(r#""listen":""#).nth(1) {
+            break rest.split('"').next().expect("address").to_owned();
+        }
     };
     daemon
 }
@@ -316,5 +341,88 @@ async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups(
         find(&parent),
         0,
         "the next daemon removed the stale job cgroups and its parent"
+    );
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let made = Command::new(JOBWORKERD)
+        .args(["certs", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .expect("certs init");
+    assert!(made.status.success());
+    let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
+    let mut daemon = serve_with(
+        Command::new(JOBWORKERD),
+        &["--log-format", "json"],
+        &pki,
+        &dir.path().join("state"),
+        &parent,
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert_eq!(daemon.child.wait().expect("wait").code(), Some(0));
+    let logs = &daemon.startup_logs;
+    let listening = logs
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .find(|record| record["fields"]["message"] == "jobworkerd listening (mutual TLS 1.3)")
+        .unwrap_or_else(|| panic!("no listening record in {logs:#?}"));
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["listen"], daemon.addr.as_str());
+}
+
+#[test]
+fn serve_raises_the_soft_open_file_limit_to_the_hard_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let made = Command::new(JOBWORKERD)
+        .args(["certs", "init", "--dir"])
+        .arg(&pki)
+        .output()
+        .expect("certs init");
+    assert!(made.status.success());
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .expect("limits")
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4).map(str::to_owned))
+        .expect("hard open-file limit");
+    // Started with a low soft limit (prlimit execs the daemon, keeping its pid).
+    let mut wrapper = Command::new("prlimit");
+    wrapper.args(["--nofile=256:", JOBWORKERD]);
+    let parent = format!("jobworkerd-bin-test-{}", uuid::Uuid::new_v4());
+    let mut daemon = serve_with(wrapper, &[], &pki, &dir.path().join("state"), &parent);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.child.id()))
+        .expect("the daemon's limits");
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("open-file limit");
+    assert_eq!(
+        open_files.split_whitespace().nth(3),
+        Some(hard.as_str()),
+        "{open_files}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert_eq!(daemon.child.wait().expect("wait").code(), Some(0));
+    let logs = &daemon.startup_logs;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("raised the open-file limit") && l.contains("from=256")),
+        "{logs:#?}"
     );
 }

@@ -8,14 +8,15 @@ use std::time::Duration;
 use jobworker::{Config, Worker};
 use jobworker_api::pb::job_worker_client::JobWorkerClient;
 use jobworker_api::pki::{Ca, Leaf, Usage, Validity};
-use jobworkerd::Server;
+use jobworkerd::{Options, Server};
 use tonic::transport::Channel;
 
 /// The daemon binary: it is also every job's init.
 pub const JOBWORKERD: &str = env!("CARGO_BIN_EXE_jobworkerd");
 
 /// The test PKI on disk: a CA, a server certificate, users alice and bob, admin "root" (O=admin),
-/// and certificates the server must refuse.
+/// certificates the server must refuse, and "nameless", a client certificate without a CN (let
+/// in by TLS, but naming no user).
 pub struct Pki {
     pub dir: tempfile::TempDir,
 }
@@ -56,6 +57,16 @@ impl Pki {
             })
             .expect("serverAuth-only cert");
         write("server-eku", &server_only.cert_pem, &server_only.key_pem);
+        let nameless = ca
+            .issue(&Leaf {
+                common_name: None,
+                groups: vec![],
+                subject_alt_names: vec![],
+                usages: vec![Usage::ClientAuth],
+                validity: Validity::days_from_now(1),
+            })
+            .expect("client cert without a CN");
+        write("nameless", &nameless.cert_pem, &nameless.key_pem);
         let other = Ca::generate("another CA", Validity::days_from_now(1)).expect("other ca");
         let stranger = other
             .issue_client("alice", &["admin"], Validity::days_from_now(1))
@@ -102,9 +113,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}, Options::default()).await
+    }
+
+    /// A server whose worker configuration `configure` adjusts, run with `options`.
+    pub async fn start_with(configure: impl FnOnce(&mut Config), options: Options) -> TestServer {
         let pki = Pki::new();
         let state_dir = tempfile::tempdir().expect("state dir");
-        let worker = Arc::new(Worker::new(worker_config(state_dir.path())).expect("worker"));
+        let mut config = worker_config(state_dir.path());
+        configure(&mut config);
+        let worker = Arc::new(Worker::new(config).expect("worker"));
         let tls = jobworker_api::tls::server_config(
             &pki.path("ca.pem"),
             &pki.path("server.pem"),
@@ -114,7 +132,9 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let server = Server::start(listener, tls, worker.clone()).expect("server");
+        let server = Server::start(listener, tls, worker.clone(), options)
+            .await
+            .expect("server");
         TestServer {
             pki,
             server,
