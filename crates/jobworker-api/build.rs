@@ -24,8 +24,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        // Output chunks are handed from the job's log to the wire without a copy.
+        // Output chunks are handed from the job's log to the encoder without a copy.
         .bytes(".jobworker.v1.StreamOutputResponse.data")
+        // prost with encoder buffers that an idle output stream does not keep large.
+        .codec_path("crate::codec::BoundedCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -12,6 +12,7 @@
 //! - [`pb`]: code generated from `proto/jobworker/v1/jobworker.proto` (messages, client,
 //!   server trait), compiled by `build.rs` with the pure-Rust `protox`; its descriptors, for
 //!   reflection, in [`FILE_DESCRIPTOR_SET`].
+//! - [`codec`]: the wire encoding (prost, with encoder buffers bounded for long-lived streams).
 //! - [`tls`]: the rustls server and client configurations, loaded from PEM files.
 //! - [`incoming`]: one server-side TLS handshake with a timeout and the reason it failed, and
 //!   an accept loop built on it that yields finished TLS streams to a tonic `Server`.
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod codec;
 pub mod identity;
 pub mod incoming;
 pub mod pki;

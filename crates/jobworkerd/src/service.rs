@@ -11,6 +11,7 @@ use futures::Stream;
 use jobworker::{
     Chunk, CommandSpec, JobId, JobState, JobStatus, Limits, OutputReader, StreamFilter, Worker,
 };
+use jobworker_api::codec::MAX_OUTPUT_CHUNK;
 use jobworker_api::pb::{self, job_worker_server::JobWorker};
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
@@ -237,8 +238,11 @@ impl JobWorker for JobService {
 
 /// The response stream of StreamOutput. No task of ours: hyper polls the stream from the task it
 /// runs for the request, so when the client resets the stream or its connection goes, hyper
-/// drops the stream, and with it the reader and the open-stream count. A slow client slows only its own stream: HTTP/2 flow
-/// control stops polling it, and the reader holds one chunk.
+/// drops the stream, and with it the reader and the open-stream count. A slow client slows only
+/// its own stream: HTTP/2 flow control stops polling it, and the reader holds one chunk.
+///
+/// Each library chunk (up to 64 KiB) goes out as messages of at most [`MAX_OUTPUT_CHUNK`]
+/// bytes, slices of it without a copy: see `jobworker_api::codec` for why.
 fn output_stream(
     reader: OutputReader,
     shutdown: watch::Receiver<bool>,
@@ -247,6 +251,8 @@ fn output_stream(
     struct State {
         reader: OutputReader,
         shutdown: watch::Receiver<bool>,
+        /// What is left of the chunk being sent.
+        rest: Option<Chunk>,
         done: bool,
         _open: OpenGuard,
         metrics: Arc<Metrics>,
@@ -254,6 +260,7 @@ fn output_stream(
     let state = State {
         reader,
         shutdown,
+        rest: None,
         done: false,
         _open: metrics.stream_opened(),
         metrics,
@@ -268,10 +275,10 @@ fn output_stream(
             _ = s.shutdown.wait_for(|down| *down) => {
                 Err(Status::unavailable("the server is shutting down and stops every job"))
             }
-            next = s.reader.next() => match next {
-                Ok(Some(chunk)) => {
-                    s.metrics.streamed(chunk.data.len());
-                    Ok(chunk_to_pb(chunk))
+            next = next_message(&mut s.reader, &mut s.rest) => match next {
+                Ok(Some(message)) => {
+                    s.metrics.streamed(message.data.len());
+                    Ok(message)
                 }
                 Ok(None) => return None,
                 Err(e) => Err(to_status(e.into())),
@@ -280,6 +287,29 @@ fn output_stream(
         s.done = item.is_err();
         Some((item, s))
     }))
+}
+
+/// The next message: the next piece of `rest`, or of the reader's next chunk.
+async fn next_message(
+    reader: &mut OutputReader,
+    rest: &mut Option<Chunk>,
+) -> Result<Option<pb::StreamOutputResponse>, jobworker::OutputError> {
+    let mut chunk = match rest.take() {
+        Some(chunk) => chunk,
+        None => match reader.next().await? {
+            Some(chunk) => chunk,
+            None => return Ok(None),
+        },
+    };
+    if chunk.data.len() > MAX_OUTPUT_CHUNK {
+        let piece = Chunk {
+            stream: chunk.stream,
+            data: chunk.data.split_to(MAX_OUTPUT_CHUNK),
+        };
+        *rest = Some(chunk);
+        chunk = piece;
+    }
+    Ok(Some(chunk_to_pb(chunk)))
 }
 
 fn chunk_to_pb(chunk: Chunk) -> pb::StreamOutputResponse {
