@@ -59,7 +59,8 @@ authentication: bind it to loopback (or a private network only the scraper reach
 Examples:
   sudo jobworkerd serve
   sudo jobworkerd serve --listen 0.0.0.0:50051 --ca /etc/jobworker/ca.pem \\
-      --cert /etc/jobworker/server.pem --key /etc/jobworker/server.key --default-memory 1G")]
+      --cert /etc/jobworker/server.pem --key /etc/jobworker/server.key --default-memory 1G \\
+      --metrics-listen 127.0.0.1:9464 --audit-log /var/log/jobworker-audit.log --log-format json")]
     Serve(Box<ServeArgs>),
     /// Manage a development PKI.
     #[command(subcommand)]
