@@ -68,6 +68,8 @@ pub struct DaemonOptions {
     args: Vec<OsString>,
     /// More environment variables.
     env: Vec<(OsString, OsString)>,
+    /// A program that execs the daemon (keeping its pid), with its arguments, e.g. `prlimit`.
+    wrapper: Option<(OsString, Vec<OsString>)>,
 }
 
 impl DaemonOptions {
@@ -93,6 +95,13 @@ impl DaemonOptions {
     /// Adds a flag of `jobworkerd serve`.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Starts the daemon through `program args... jobworkerd ...` (a wrapper that execs it,
+    /// such as `prlimit`).
+    pub fn wrapped_by(mut self, program: impl Into<OsString>, args: &[&str]) -> Self {
+        self.wrapper = Some((program.into(), args.iter().map(OsString::from).collect()));
         self
     }
 
@@ -129,7 +138,14 @@ impl DaemonOptions {
         )
         .expect("chmod the data directory");
 
-        let mut command = Command::new(jobworkerd());
+        let mut command = match &self.wrapper {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(jobworkerd());
+                command
+            }
+            None => Command::new(jobworkerd()),
+        };
         // Nothing from the developer's shell changes the daemon's defaults.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("JOBWORKER_") {
@@ -245,6 +261,7 @@ impl Daemon {
             job_ids: None,
             args: Vec::new(),
             env: Vec::new(),
+            wrapper: None,
         }
     }
 
@@ -354,7 +371,11 @@ impl Drop for Daemon {
 /// `listen=127.0.0.1:PORT` in a log line, ignoring terminal colour codes around it.
 fn listen_address(line: &str) -> Option<SocketAddr> {
     let plain = strip_ansi(line);
-    let start = plain.find("listen=")? + "listen=".len();
+    // `listen=ADDR` in text logs, `"listen":"ADDR"` with --log-format json.
+    let start = match plain.find("listen=") {
+        Some(at) => at + "listen=".len(),
+        None => plain.find(r#""listen":""#)? + r#""listen":""#.len(),
+    };
     let address: String = plain[start..]
         .chars()
         .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | '"'))

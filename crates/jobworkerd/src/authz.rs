@@ -2,7 +2,12 @@
 //!
 //! Authentication is the TLS handshake: only clients with a certificate issued by the client CA
 //! get this far. The identity is the certificate's subject: CN is the user, O values are groups.
-//! The policy is deliberately tiny: users act on their own jobs; group `admin` on every job.
+//! It is read once per connection, right after the handshake, and attached to each of the
+//! connection's requests as a [`Peer`]. The policy is deliberately tiny: users act on their own
+//! jobs; group `admin` on every job.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use jobworker_api::identity::Identity;
 use tonic::{Request, Status};
@@ -10,10 +15,37 @@ use tonic::{Request, Status};
 /// The authenticated caller of a request.
 pub type Caller = Identity;
 
-/// The caller of `request`, from the client certificate verified during the handshake.
-pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    Identity::from_request(request)
-        .map_err(|e| Status::unauthenticated(format!("no usable client identity: {e}")))
+/// The client at the other end of a connection, as established by its TLS handshake.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address, for the audit log.
+    pub addr: SocketAddr,
+    /// The user and groups of its verified certificate, or why they could not be read (e.g. no
+    /// CN): every request on the connection is then UNAUTHENTICATED with that reason.
+    pub identity: Result<Identity, String>,
+}
+
+impl Peer {
+    /// The authenticated caller, or UNAUTHENTICATED saying why there is none.
+    pub fn caller(&self) -> Result<&Caller, Status> {
+        self.identity.as_ref().map_err(|reason| {
+            Status::unauthenticated(format!("no usable client identity: {reason}"))
+        })
+    }
+}
+
+/// The peer of `request`, attached by the server's connection loop.
+///
+/// Missing only if the service is served some other way, which is a bug: INTERNAL.
+pub fn peer<T>(request: &Request<T>) -> Result<Arc<Peer>, Status> {
+    request
+        .extensions()
+        .get::<Arc<Peer>>()
+        .cloned()
+        .ok_or_else(|| {
+            tracing::error!("a request arrived without its connection's peer");
+            Status::internal("the server failed: the request carries no connection identity")
+        })
 }
 
 /// Whether `caller` may see and act on a job owned by `owner`.
@@ -51,5 +83,16 @@ mod tests {
             &id("eve", &["Admin", "admins", "admin "]),
             "bob"
         ));
+    }
+
+    #[test]
+    fn a_peer_without_identity_is_unauthenticated_with_the_reason() {
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().expect("address"),
+            identity: Err("the certificate has no CN".into()),
+        };
+        let status = peer.caller().expect_err("no identity");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("no CN"), "{}", status.message());
     }
 }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use jobworker::{Config, StateLock, Worker};
 use jobworker_api::paths::{self, DEFAULT_PKI_DIR_HELP};
 use jobworker_api::pki::{self, PkiError};
-use jobworkerd::Server;
 use jobworkerd::notify::Notifier;
+use jobworkerd::{AuditLog, Options, Server};
 use tokio::signal::unix::{SignalKind, signal};
 
 const AFTER_HELP: &str = "\
@@ -31,8 +31,17 @@ As a service: the Debian package installs jobworkerd.service; its settings are i
 #[command(name = "jobworkerd", version, about = "Runs commands as isolated, resource-limited jobs for mTLS-authenticated clients",
           after_help = AFTER_HELP)]
 struct Cli {
+    /// Log format on stderr: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, env = "JOBWORKER_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -48,13 +57,19 @@ IO limits apply to the block devices behind the job's filesystem view. On cgroup
 throttles only direct (O_DIRECT) and fsync'd writes: buffered writeback escapes the limit. cgroup v2
 throttles buffered writes too.
 
-SIGTERM or SIGINT: stop accepting, end open output streams, stop every job (SIGTERM, --stop-grace,
-SIGKILL), remove their cgroups, exit 0.
+SIGTERM or SIGINT: report NOT_SERVING on grpc.health.v1.Health, stop accepting, end open output
+streams, stop every job (SIGTERM, --stop-grace, SIGKILL), remove their cgroups, exit 0.
+
+Besides the job API, the listener serves grpc.health.v1.Health and server reflection (v1 and v1alpha),
+under the same mutual TLS. --metrics-listen serves Prometheus metrics over plain HTTP, without
+authentication: bind it to loopback (or a private network only the scraper reaches).
+--audit-log appends one JSON line per mutating request and per refused request.
 
 Examples:
   sudo jobworkerd serve
   sudo jobworkerd serve --listen 0.0.0.0:50051 --ca /etc/jobworker/ca.pem \\
-      --cert /etc/jobworker/server.pem --key /etc/jobworker/server.key --default-memory 1G")]
+      --cert /etc/jobworker/server.pem --key /etc/jobworker/server.key --default-memory 1G \\
+      --metrics-listen 127.0.0.1:9464 --audit-log /var/log/jobworker/audit.log --log-format json")]
     Serve(Box<ServeArgs>),
     /// Manage a development PKI.
     #[command(subcommand)]
@@ -130,6 +145,18 @@ struct ServeArgs {
     /// Most jobs (running or ended) kept at once.
     #[arg(long, env = "JOBWORKER_MAX_JOBS", default_value_t = 10_000)]
     max_jobs: usize,
+    /// Most client connections open at once, TLS handshakes included; more are closed at once.
+    #[arg(long, env = "JOBWORKER_MAX_CONNECTIONS", default_value_t = jobworkerd::server::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics: plain HTTP, no authentication, so meant
+    /// for loopback (e.g. 127.0.0.1:9464). Off by default.
+    #[arg(long, env = "JOBWORKER_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Append an audit record (one JSON object per line) for every mutating request and every
+    /// refused request to FILE, created 0600 if missing.
+    #[arg(long, env = "JOBWORKER_AUDIT_LOG", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -218,14 +245,16 @@ fn main() -> ExitCode {
     // Each job's init is this binary re-executed: it must take over before anything else runs.
     jobworker::init::run_if_requested();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Certs(CertsCommand::Init(args)) => certs_init(args),
@@ -349,6 +378,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let tls = jobworker_api::tls::server_config(&ca, &cert, &key)
         .context("cannot load the server's TLS configuration (create a development PKI with `jobworkerd certs init`)")?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditLog::open(path)?,
+        None => AuditLog::disabled(),
+    };
+    raise_open_file_limit();
     let mut config = Config {
         state_dir: args.state_dir,
         job_ids: args.job_ids,
@@ -387,9 +421,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .context("cannot prepare the worker")?,
         );
-        let server = Server::start(listener, tls, worker.clone())?;
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "metrics are served over plain HTTP without authentication on a non-loopback address");
+                }
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+                )
+            }
+            None => None,
+        };
+        let options = Options {
+            max_connections: args.max_connections as usize,
+            metrics_listener,
+            audit,
+            ..Options::default()
+        };
+        let server = Server::start(listener, tls, worker.clone(), options).await?;
         tracing::info!(
             listen = %server.local_addr(),
+            metrics = ?server.metrics_addr(),
+            audit_log = ?args.audit_log,
+            max_connections = args.max_connections,
             cgroup = ?worker.cgroup_version(),
             cgroup_parents = ?worker.cgroup_parents(),
             "jobworkerd listening (mutual TLS 1.3)"
@@ -403,4 +459,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection, job pipe and log
+/// is a file descriptor, and the usual soft limit of 1024 would refuse work long before
+/// `--max-connections` or `--max-jobs` do. Jobs inherit the raised soft limit, which gives them
+/// nothing new: any process may raise its own soft limit up to the hard one.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit");
+            return;
+        }
+    };
+    if soft >= hard {
+        tracing::info!(soft, hard, "open-file limit already at the hard limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = hard,
+            "raised the open-file limit to the hard limit"
+        ),
+        Err(error) => tracing::warn!(soft, hard, %error, "cannot raise the open-file limit"),
+    }
 }

@@ -1,43 +1,50 @@
 //! The gRPC handlers: authenticate the caller, authorize, call the worker, map the result.
+//!
+//! Each handler records its outcome in the audit log ([`AuditLog::begin`] /
+//! [`crate::audit::AuditEntry::finish`], before answering) and in the metrics.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use jobworker::{
     Chunk, CommandSpec, JobId, JobState, JobStatus, Limits, ListQuery, OutputReader, StreamFilter,
     Worker,
 };
+use jobworker_api::codec::MAX_OUTPUT_CHUNK;
 use jobworker_api::pb::{self, job_worker_server::JobWorker};
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::authz::{self, Caller};
+use crate::audit::{AuditLog, Rpc};
+use crate::authz::{self, Caller, Peer};
+use crate::metrics::{Metrics, OpenGuard};
 
-/// The service behind the API: a worker plus what the server needs to end streams cleanly.
+/// The service behind the API: a worker plus what the server needs to end streams cleanly,
+/// count and audit.
 pub struct JobService {
     worker: Arc<Worker>,
-    /// Open output streams, so tests and shutdown can see that a gone client's stream ended.
-    active_streams: Arc<AtomicUsize>,
     /// Flips to true when the server shuts down; every open stream then ends with UNAVAILABLE.
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    audit: AuditLog,
 }
 
 impl JobService {
     /// A service over `worker`; `shutdown` turning true ends every output stream.
-    pub fn new(worker: Arc<Worker>, shutdown: watch::Receiver<bool>) -> JobService {
+    pub fn new(
+        worker: Arc<Worker>,
+        shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+    ) -> JobService {
         JobService {
             worker,
-            active_streams: Arc::new(AtomicUsize::new(0)),
             shutdown,
+            metrics,
+            audit,
         }
-    }
-
-    /// A counter of the output streams open right now.
-    pub fn active_streams(&self) -> Arc<AtomicUsize> {
-        self.active_streams.clone()
     }
 
     /// The job, if it exists and the caller may act on it. Another user's job is NOT_FOUND,
@@ -52,10 +59,67 @@ impl JobService {
             Err(e) => Err(to_status(e)),
         }
     }
+
+    /// StreamOutput without the bookkeeping: authenticate, authorize, open a reader.
+    fn open_output(
+        &self,
+        peer: &Peer,
+        req: &pb::StreamOutputRequest,
+    ) -> Result<OutputReader, Status> {
+        let caller = peer.caller()?;
+        let status = self.authorized(caller, &req.job_id)?;
+        let filter = filter_from_pb(&req.streams)?;
+        self.worker.output(status.id, filter, 0).map_err(to_status)
+    }
+
+    /// Start without the bookkeeping: authenticate, run (the library validates).
+    async fn start_job(&self, peer: &Peer, req: pb::StartRequest) -> Result<JobId, Status> {
+        let caller = peer.caller()?;
+        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
+        env.sort();
+        let spec = CommandSpec {
+            program: req.command,
+            args: req.args,
+            env,
+            working_dir: (!req.working_dir.is_empty()).then(|| req.working_dir.into()),
+        };
+        let limits = req.limits.map(limits_from_pb).unwrap_or_default();
+        let program = spec.program.clone();
+        let id = self
+            .worker
+            .start(&caller.user, spec, limits)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(job = %id, user = %caller.user, %program, "job started");
+        Ok(id)
+    }
 }
 
 fn not_found(id: JobId) -> Status {
     Status::not_found(format!("job {id} not found"))
+}
+
+/// A gRPC code in snake case, as metrics labels and the audit log name it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
 }
 
 /// The one place where library errors become gRPC status codes.
@@ -96,26 +160,17 @@ impl JobWorker for JobService {
         &self,
         request: Request<pb::StartRequest>,
     ) -> Result<Response<pb::StartResponse>, Status> {
-        let caller = authz::caller(&request)?;
-        let req = request.into_inner();
-        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
-        env.sort();
-        let spec = CommandSpec {
-            program: req.command,
-            args: req.args,
-            env,
-            working_dir: (!req.working_dir.is_empty()).then(|| req.working_dir.into()),
-        };
-        let limits = req.limits.map(limits_from_pb).unwrap_or_default();
-        let program = spec.program.clone();
-        let id = self
-            .worker
-            .start(&caller.user, spec, limits)
-            .await
-            .map_err(to_status)?;
-        tracing::info!(job = %id, user = %caller.user, %program, "job started");
+        let received = Instant::now();
+        let peer = authz::peer(&request)?;
+        let mut audit = self.audit.begin(&peer, Rpc::Start, None);
+        let result = self.start_job(&peer, request.into_inner()).await;
+        self.metrics.record_start(received.elapsed(), &result);
+        if let Ok(id) = &result {
+            audit.set_job(id);
+        }
+        audit.finish(&result).await;
         Ok(Response::new(pb::StartResponse {
-            job_id: id.to_string(),
+            job_id: result?.to_string(),
         }))
     }
 
@@ -123,12 +178,20 @@ impl JobWorker for JobService {
         &self,
         request: Request<pb::StopRequest>,
     ) -> Result<Response<pb::StopResponse>, Status> {
-        let caller = authz::caller(&request)?;
-        let status = self.authorized(&caller, &request.get_ref().job_id)?;
-        let status = self.worker.stop(status.id).await.map_err(to_status)?;
-        tracing::info!(job = %status.id, user = %caller.user, "job stopped");
+        let peer = authz::peer(&request)?;
+        let job_id = &request.get_ref().job_id;
+        let audit = self.audit.begin(&peer, Rpc::Stop, Some(job_id));
+        let result = async {
+            let caller = peer.caller()?;
+            let status = self.authorized(caller, job_id)?;
+            let status = self.worker.stop(status.id).await.map_err(to_status)?;
+            tracing::info!(job = %status.id, user = %caller.user, "job stopped");
+            Ok(status)
+        }
+        .await;
+        audit.finish(&result).await;
         Ok(Response::new(pb::StopResponse {
-            status: Some(status_to_pb(&status)),
+            status: Some(status_to_pb(&result?)),
         }))
     }
 
@@ -136,10 +199,15 @@ impl JobWorker for JobService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let caller = authz::caller(&request)?;
-        let status = self.authorized(&caller, &request.get_ref().job_id)?;
+        let peer = authz::peer(&request)?;
+        let job_id = &request.get_ref().job_id;
+        let audit = self.audit.begin(&peer, Rpc::GetStatus, Some(job_id));
+        let result = peer
+            .caller()
+            .and_then(|caller| self.authorized(caller, job_id));
+        audit.finish(&result).await;
         Ok(Response::new(pb::GetStatusResponse {
-            status: Some(status_to_pb(&status)),
+            status: Some(status_to_pb(&result?)),
         }))
     }
 
@@ -147,20 +215,19 @@ impl JobWorker for JobService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let caller = authz::caller(&request)?;
-        let owner = (!caller.is_admin()).then_some(caller.user.as_str());
-        let query = ListQuery {
-            owner: owner.map(str::to_owned),
-            limit: usize::MAX,
-            ..ListQuery::default()
-        };
-        let jobs = self
-            .worker
-            .list(&query)
-            .jobs
-            .iter()
-            .map(status_to_pb)
-            .collect();
+        let peer = authz::peer(&request)?;
+        let audit = self.audit.begin(&peer, Rpc::List, None);
+        let result = peer.caller().map(|caller| {
+            let owner = (!caller.is_admin()).then_some(caller.user.as_str());
+            let query = ListQuery {
+                owner: owner.map(str::to_owned),
+                limit: usize::MAX,
+                ..ListQuery::default()
+            };
+            self.worker.list(&query).jobs
+        });
+        audit.finish(&result).await;
+        let jobs = result?.iter().map(status_to_pb).collect();
         Ok(Response::new(pb::ListResponse { jobs }))
     }
 
@@ -170,58 +237,49 @@ impl JobWorker for JobService {
         &self,
         request: Request<pb::StreamOutputRequest>,
     ) -> Result<Response<OutputStream>, Status> {
-        let caller = authz::caller(&request)?;
-        let req = request.into_inner();
-        let status = self.authorized(&caller, &req.job_id)?;
-        let filter = filter_from_pb(&req.streams)?;
-        let reader = self
-            .worker
-            .output(status.id, filter, 0)
-            .map_err(to_status)?;
+        let peer = authz::peer(&request)?;
+        let req = request.get_ref();
+        let audit = self
+            .audit
+            .begin(&peer, Rpc::StreamOutput, Some(&req.job_id));
+        let result = self.open_output(&peer, req);
+        audit.finish(&result).await;
         Ok(Response::new(output_stream(
-            reader,
+            result?,
             self.shutdown.clone(),
-            StreamGuard::new(self.active_streams.clone()),
+            self.metrics.clone(),
         )))
     }
 }
 
-/// Counts an open stream for as long as it exists.
-struct StreamGuard(Arc<AtomicUsize>);
-
-impl StreamGuard {
-    fn new(count: Arc<AtomicUsize>) -> StreamGuard {
-        count.fetch_add(1, Ordering::SeqCst);
-        StreamGuard(count)
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The response stream of StreamOutput. No task is spawned: the stream is polled by the
-/// connection that carries it, so when the client goes away the connection drops the stream,
-/// and with it the reader and the guard. A slow client slows only its own stream: HTTP/2 flow
-/// control stops polling it, and the reader holds one chunk.
+/// The response stream of StreamOutput. No task of ours: hyper polls the stream from the task it
+/// runs for the request, so when the client resets the stream or its connection goes, hyper
+/// drops the stream, and with it the reader and the open-stream count. A slow client slows only
+/// its own stream: HTTP/2 flow control stops polling it, and the reader holds one chunk.
+///
+/// Each library chunk (up to 64 KiB) goes out as messages of at most [`MAX_OUTPUT_CHUNK`]
+/// bytes, slices of it without a copy: see `jobworker_api::codec` for why.
 fn output_stream(
     reader: OutputReader,
     shutdown: watch::Receiver<bool>,
-    guard: StreamGuard,
+    metrics: Arc<Metrics>,
 ) -> OutputStream {
     struct State {
         reader: OutputReader,
         shutdown: watch::Receiver<bool>,
+        /// What is left of the chunk being sent.
+        rest: Option<Chunk>,
         done: bool,
-        _guard: StreamGuard,
+        _open: OpenGuard,
+        metrics: Arc<Metrics>,
     }
     let state = State {
         reader,
         shutdown,
+        rest: None,
         done: false,
-        _guard: guard,
+        _open: metrics.stream_opened(),
+        metrics,
     };
     Box::pin(futures::stream::unfold(state, |mut s| async move {
         if s.done {
@@ -233,8 +291,11 @@ fn output_stream(
             _ = s.shutdown.wait_for(|down| *down) => {
                 Err(Status::unavailable("the server is shutting down and stops every job"))
             }
-            next = s.reader.next() => match next {
-                Ok(Some(chunk)) => Ok(chunk_to_pb(chunk)),
+            next = next_message(&mut s.reader, &mut s.rest) => match next {
+                Ok(Some(message)) => {
+                    s.metrics.streamed(message.data.len());
+                    Ok(message)
+                }
                 Ok(None) => return None,
                 Err(e) => Err(to_status(e.into())),
             },
@@ -242,6 +303,31 @@ fn output_stream(
         s.done = item.is_err();
         Some((item, s))
     }))
+}
+
+/// The next message: the next piece of `rest`, or of the reader's next chunk.
+async fn next_message(
+    reader: &mut OutputReader,
+    rest: &mut Option<Chunk>,
+) -> Result<Option<pb::StreamOutputResponse>, jobworker::OutputError> {
+    let mut chunk = match rest.take() {
+        Some(chunk) => chunk,
+        None => match reader.next().await? {
+            Some(chunk) => chunk,
+            None => return Ok(None),
+        },
+    };
+    if chunk.data.len() > MAX_OUTPUT_CHUNK {
+        let piece = Chunk {
+            stream: chunk.stream,
+            offset: chunk.offset,
+            data: chunk.data.split_to(MAX_OUTPUT_CHUNK),
+        };
+        chunk.offset += MAX_OUTPUT_CHUNK as u64;
+        *rest = Some(chunk);
+        chunk = piece;
+    }
+    Ok(Some(chunk_to_pb(chunk)))
 }
 
 fn chunk_to_pb(chunk: Chunk) -> pb::StreamOutputResponse {

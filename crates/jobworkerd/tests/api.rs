@@ -361,3 +361,39 @@ async fn shutdown_ends_open_streams_with_a_status_and_stops_jobs() {
         assert!(!dir.exists(), "{} left after shutdown", dir.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_travels_in_messages_small_enough_not_to_pin_memory_in_idle_streams() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let size = 1 << 20;
+    let id = start(
+        &mut alice,
+        "/bin/sh",
+        &["-c", &format!("head -c {size} /dev/urandom")],
+    )
+    .await;
+    let mut stream = alice
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id,
+            streams: vec![],
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let (mut total, mut largest) = (0, 0);
+    while let Some(message) = stream.message().await.expect("message") {
+        total += message.data.len();
+        largest = largest.max(message.data.len());
+    }
+    assert_eq!(total, size, "every byte arrives");
+    assert!(
+        largest <= jobworker_api::codec::MAX_OUTPUT_CHUNK,
+        "a {largest}-byte message: the log's 64 KiB chunks must be split"
+    );
+    assert!(
+        largest > jobworker_api::codec::MAX_OUTPUT_CHUNK / 2,
+        "messages of at most {largest} bytes: chunks split more than needed"
+    );
+    t.finish().await;
+}

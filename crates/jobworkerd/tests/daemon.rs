@@ -497,3 +497,56 @@ fn man_pages_are_written_for_every_visible_command() {
         "env variables are documented"
     );
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let pki = Pki::dev();
+    let mut daemon = Daemon::options(pki.dir())
+        .arg("--log-format")
+        .arg("json")
+        .start();
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let log = daemon.log();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .collect();
+    let listening = records
+        .iter()
+        .find(|record| record["fields"]["message"] == "jobworkerd listening (mutual TLS 1.3)")
+        .unwrap_or_else(|| panic!("no listening record in {log}"));
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(
+        listening["fields"]["listen"],
+        daemon.address().to_string().as_str()
+    );
+}
+
+#[test]
+fn serve_raises_the_soft_open_file_limit_to_the_hard_limit() {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .expect("limits")
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4).map(str::to_owned))
+        .expect("hard open-file limit");
+    let pki = Pki::dev();
+    // Started with a low soft limit (prlimit execs the daemon, keeping its pid).
+    let mut daemon = Daemon::options(pki.dir())
+        .wrapped_by("prlimit", &["--nofile=256:"])
+        .start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid()))
+        .expect("the daemon's limits");
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("open-file limit");
+    assert_eq!(
+        open_files.split_whitespace().nth(3),
+        Some(hard.as_str()),
+        "{open_files}"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

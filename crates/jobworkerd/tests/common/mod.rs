@@ -10,7 +10,7 @@ use jobworker_api::pb::job_worker_client::JobWorkerClient;
 use jobworker_api::pki::{Leaf, Usage, Validity};
 #[allow(unused_imports)] // each test binary uses a different part
 pub use jobworker_testkit::{Pki, eventually};
-use jobworkerd::Server;
+use jobworkerd::{Options, Server};
 use tonic::transport::Channel;
 
 /// The daemon binary: it is also every job's init.
@@ -34,6 +34,16 @@ pub fn pki() -> Pki {
             groups: vec!["admin".into()],
             subject_alt_names: vec![],
             usages: vec![Usage::ServerAuth],
+            validity: Validity::days_from_now(1),
+        }),
+    );
+    pki.write(
+        "nameless",
+        &pki.leaf(Leaf {
+            common_name: None,
+            groups: vec![],
+            subject_alt_names: vec![],
+            usages: vec![Usage::ClientAuth],
             validity: Validity::days_from_now(1),
         }),
     );
@@ -82,14 +92,23 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}, Options::default()).await
+    }
+
+    /// A server whose worker configuration `configure` adjusts, run with `options`.
+    pub async fn start_with(configure: impl FnOnce(&mut Config), options: Options) -> TestServer {
         let pki = pki();
         let state_dir = tempfile::tempdir().expect("state dir");
-        let worker = Arc::new(start_worker(worker_config(state_dir.path())).await);
+        let mut config = worker_config(state_dir.path());
+        configure(&mut config);
+        let worker = Arc::new(start_worker(config).await);
         let tls = pki.server_config();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let server = Server::start(listener, tls, worker.clone()).expect("server");
+        let server = Server::start(listener, tls, worker.clone(), options)
+            .await
+            .expect("server");
         TestServer {
             pki,
             server,
