@@ -25,7 +25,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     )?;
     tonic_prost_build::configure()
         // Output chunks are handed from the job's log to the encoder without a copy.
-        .bytes(".jobworker.v1.StreamOutputResponse.data")
+        .bytes(".jobworker.v1.OutputChunk.data")
+        // The last frame is rare and large; boxed, every chunk frame stays small.
+        .boxed(".jobworker.v1.StreamOutputResponse.frame.end")
         // prost with encoder buffers that an idle output stream does not keep large.
         .codec_path("crate::codec::BoundedCodec")
         .build_client(true)

@@ -50,3 +50,21 @@ pub use client::{ConnectError, connect};
 pub use identity::{Identity, IdentityError};
 pub use incoming::{HandshakeError, HandshakeFailure, TlsIncoming, handshake, tls_incoming};
 pub use tls::{TlsError, client_config, server_config};
+
+impl pb::StreamOutputResponse {
+    /// The bytes this message carries: empty for the final frame.
+    pub fn data(&self) -> &[u8] {
+        match &self.frame {
+            Some(pb::stream_output_response::Frame::Chunk(chunk)) => &chunk.data,
+            _ => &[],
+        }
+    }
+
+    /// The job's final status, if this is the last message of the stream.
+    pub fn end(&self) -> Option<&pb::OutputEnd> {
+        match &self.frame {
+            Some(pb::stream_output_response::Frame::End(end)) => Some(end),
+            _ => None,
+        }
+    }
+}

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use jobworker_api::pb::job_worker_server::{JobWorker, JobWorkerServer};
 use jobworker_api::pb::{
-    GetStatusRequest, GetStatusResponse, JobStatus, ListRequest, ListResponse, StartRequest,
-    StartResponse, StopRequest, StopResponse, StreamOutputRequest, StreamOutputResponse,
+    GetStatusRequest, GetStatusResponse, JobStatus, ListRequest, ListResponse, RemoveRequest,
+    RemoveResponse, StartRequest, StartResponse, StopRequest, StopResponse, StreamOutputRequest,
+    StreamOutputResponse, WaitRequest, WaitResponse,
 };
 use jobworker_api::pki::{Leaf, Validity};
 use jobworker_api::{ConnectError, Identity, TlsIncoming, connect, tls_incoming};
@@ -53,6 +54,14 @@ impl JobWorker for WhoAmI {
     }
 
     async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        Err(Status::unimplemented("test server"))
+    }
+
+    async fn wait(&self, _: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        Err(Status::unimplemented("test server"))
+    }
+
+    async fn remove(&self, _: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
         Err(Status::unimplemented("test server"))
     }
 

@@ -46,7 +46,7 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<(
 async fn baseline(context: &Context, daemon: &Daemon) -> anyhow::Result<(Client, Memory)> {
     let mut client = daemon.connect(context.pki.client_config()?).await?;
     client
-        .list(pb::ListRequest {})
+        .list(pb::ListRequest::default())
         .await
         .context("List failed")?;
     Ok((client, daemon.memory()?))
@@ -185,7 +185,7 @@ async fn streams(context: &Context, report: &mut Report) -> anyhow::Result<()> {
                         let mut read = 0;
                         while read < output {
                             match stream.message().await? {
-                                Some(message) => read += message.data.len() as u64,
+                                Some(message) => read += message.data().len() as u64,
                                 None => bail!("the stream ended after {read} of {output} bytes"),
                             }
                         }

@@ -85,6 +85,7 @@ pub async fn open_output(
         .stream_output(pb::StreamOutputRequest {
             job_id: id.to_owned(),
             streams: Vec::new(),
+            offset: 0,
         })
         .await
         .with_context(|| format!("StreamOutput of job {id} failed"))?
@@ -102,7 +103,7 @@ pub async fn count(
         .await
         .with_context(|| format!("the output stream of job {id} failed"))?
     {
-        bytes += message.data.len() as u64;
+        bytes += message.data().len() as u64;
     }
     Ok(bytes)
 }

@@ -403,35 +403,52 @@ fn log_end_of(ended: &Ended) -> LogEnd {
     }
 }
 
-/// The program and as many whole arguments as fit in [`SUMMARY_BYTES`] (the last one cut at a
-/// character boundary), without the environment.
+/// The most bytes of the program and of the working directory kept for list rows.
+const SUMMARY_PATH_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes at a character boundary, "…" appended when cut.
+fn shorten(text: &str, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text.to_owned(), false);
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    (format!("{}…", &text[..cut]), true)
+}
+
+/// What list rows show of a spec: the program and working directory cut to
+/// [`SUMMARY_PATH_BYTES`], as many arguments as fit in [`SUMMARY_BYTES`] (the last one cut), no
+/// environment. A row then has a bound size, so a page of them fits a message.
 fn summarize(spec: &CommandSpec) -> (CommandSpec, bool) {
+    let (program, mut shortened) = shorten(&spec.program, SUMMARY_PATH_BYTES);
+    shortened |= !spec.env.is_empty();
+    let working_dir = spec.working_dir.as_ref().map(|dir| {
+        let (dir, cut) = shorten(&dir.to_string_lossy(), SUMMARY_PATH_BYTES);
+        shortened |= cut;
+        PathBuf::from(dir)
+    });
     let mut budget = SUMMARY_BYTES;
     let mut args = Vec::new();
-    let mut shortened = !spec.env.is_empty();
     for arg in &spec.args {
         if budget == 0 {
             shortened = true;
             break;
         }
-        if arg.len() <= budget {
-            budget -= arg.len();
-            args.push(arg.clone());
-        } else {
-            let mut cut = budget;
-            while !arg.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            args.push(format!("{}…", &arg[..cut]));
-            budget = 0;
-            shortened = true;
+        let (arg, cut) = shorten(arg, budget);
+        budget = budget.saturating_sub(arg.len());
+        shortened |= cut;
+        args.push(arg);
+        if cut {
+            break;
         }
     }
     let summary = CommandSpec {
-        program: spec.program.clone(),
+        program,
         args,
         env: Vec::new(),
-        working_dir: spec.working_dir.clone(),
+        working_dir,
     };
     (summary, shortened)
 }

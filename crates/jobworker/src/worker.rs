@@ -197,6 +197,16 @@ impl fmt::Display for ListCursor {
     }
 }
 
+impl ListCursor {
+    /// The position right after `job` (its page's next page starts there).
+    pub fn after(job: &JobStatus) -> ListCursor {
+        ListCursor {
+            started_at: job.started_at,
+            id: job.id,
+        }
+    }
+}
+
 /// The text is not a list cursor.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid page token {0:?}: pass the token of the previous page unchanged")]
@@ -618,10 +628,7 @@ impl Worker {
                 continue;
             }
             if jobs.len() == query.limit {
-                next = jobs.last().map(|last: &JobStatus| ListCursor {
-                    started_at: last.started_at,
-                    id: last.id,
-                });
+                next = jobs.last().map(ListCursor::after);
                 break;
             }
             jobs.push(status);

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tonic::Status;
 
 use crate::authz::Peer;
-use crate::service::code_name;
+use crate::convert::code_name;
 
 /// The RPCs, as the audit log names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,10 @@ pub enum Rpc {
     List,
     /// `StreamOutput`: reads a job's output.
     StreamOutput,
+    /// `Wait`: waits for a job's end.
+    Wait,
+    /// `Remove`: deletes a job and its output.
+    Remove,
 }
 
 impl Rpc {
@@ -46,6 +50,8 @@ impl Rpc {
             Rpc::GetStatus => "GetStatus",
             Rpc::List => "List",
             Rpc::StreamOutput => "StreamOutput",
+            Rpc::Wait => "Wait",
+            Rpc::Remove => "Remove",
         }
     }
 
@@ -53,8 +59,8 @@ impl Rpc {
     /// only when refused.
     pub fn mutates(self) -> bool {
         match self {
-            Rpc::Start | Rpc::Stop => true,
-            Rpc::GetStatus | Rpc::List | Rpc::StreamOutput => false,
+            Rpc::Start | Rpc::Stop | Rpc::Remove => true,
+            Rpc::GetStatus | Rpc::List | Rpc::StreamOutput | Rpc::Wait => false,
         }
     }
 }

@@ -48,9 +48,31 @@ pub fn peer<T>(request: &Request<T>) -> Result<Arc<Peer>, Status> {
         })
 }
 
+/// Whether `caller` is an admin: a member of the group `admin` (exactly that name).
+pub fn is_admin(caller: &Caller) -> bool {
+    caller
+        .groups
+        .iter()
+        .any(|group| group == jobworker_api::identity::ADMIN_GROUP)
+}
+
 /// Whether `caller` may see and act on a job owned by `owner`.
 pub fn may_access(caller: &Caller, owner: &str) -> bool {
-    caller.is_admin() || caller.user == owner
+    is_admin(caller) || caller.user == owner
+}
+
+/// Whose jobs a List by `caller` returns, given the owner it asked for (empty: none named).
+/// Admins: the one named, or everyone's (`None`). Others: their own, and asking for anyone
+/// else's is PERMISSION_DENIED.
+pub fn list_owner(caller: &Caller, requested: &str) -> Result<Option<String>, Status> {
+    match (is_admin(caller), requested) {
+        (true, "") => Ok(None),
+        (true, owner) => Ok(Some(owner.to_owned())),
+        (false, owner) if owner.is_empty() || owner == caller.user => Ok(Some(caller.user.clone())),
+        (false, _) => Err(Status::permission_denied(
+            "only admins may list other users' jobs",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +105,20 @@ mod tests {
             &id("eve", &["Admin", "admins", "admin "]),
             "bob"
         ));
+    }
+
+    #[test]
+    fn users_list_their_own_jobs_and_admins_anyones() {
+        let alice = id("alice", &[]);
+        assert_eq!(list_owner(&alice, "").ok(), Some(Some("alice".into())));
+        assert_eq!(list_owner(&alice, "alice").ok(), Some(Some("alice".into())));
+        assert_eq!(
+            list_owner(&alice, "bob").map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        let root = id("root", &["admin"]);
+        assert_eq!(list_owner(&root, "").ok(), Some(None));
+        assert_eq!(list_owner(&root, "bob").ok(), Some(Some("bob".into())));
     }
 
     #[test]

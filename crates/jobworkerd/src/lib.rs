@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`server`]: the connection loop (connection cap, TLS handshake, identity, HTTP/2) and the
 //!   orderly shutdown; gRPC health and reflection are served beside the API.
-//! - [`service`]: the RPC handlers and the one mapping of library errors to gRPC status codes.
+//! - [`service`]: the RPC handlers.
+//! - [`convert`]: proto to library and back, and the one mapping of library errors to gRPC
+//!   status codes.
 //! - [`authz`]: the caller's identity from its connection, and who may touch which job.
 //! - [`metrics`]: the Prometheus metrics and their plain-HTTP endpoint.
 //! - [`audit`]: the audit log of mutating and refused requests.
@@ -14,6 +16,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod convert;
 pub mod metrics;
 pub mod notify;
 pub mod server;

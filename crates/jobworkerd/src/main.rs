@@ -57,8 +57,12 @@ IO limits apply to the block devices behind the job's filesystem view. On cgroup
 throttles only direct (O_DIRECT) and fsync'd writes: buffered writeback escapes the limit. cgroup v2
 throttles buffered writes too.
 
-SIGTERM or SIGINT: report NOT_SERVING on grpc.health.v1.Health, stop accepting, end open output
-streams, stop every job (SIGTERM, --stop-grace, SIGKILL), remove their cgroups, exit 0.
+Jobs outlive the daemon's restarts: their records and output are kept in --state-dir (for
+--retain-finished after they end) and reloaded at start-up. SIGTERM or SIGINT: report NOT_SERVING
+on grpc.health.v1.Health, stop accepting, end open output streams (clients resume from where they
+stopped), then stop every job (SIGTERM, --stop-grace, SIGKILL) and remove their cgroups, exit 0.
+With --live-restore the jobs are left running instead, for the next daemon to adopt; without it, a
+crashed daemon's jobs are killed and listed as lost by the next one.
 
 Besides the job API, the listener serves grpc.health.v1.Health and server reflection (v1 and v1alpha),
 under the same mutual TLS. --metrics-listen serves Prometheus metrics over plain HTTP, without
@@ -99,13 +103,19 @@ struct ServeArgs {
     /// Server private key (PEM) [default: server.key of the development PKI].
     #[arg(long, env = "JOBWORKER_KEY", value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Where job output logs are kept. Logs do not survive a restart.
+    /// Where job records and output logs are kept (made 0700). One daemon per directory: a
+    /// second one exits at start-up, naming the first.
     #[arg(
         long,
         env = "JOBWORKER_STATE_DIR",
         default_value = "/var/lib/jobworker"
     )]
     state_dir: PathBuf,
+    /// Leave jobs running when the daemon stops or dies, for the next daemon on the same state
+    /// directory to adopt (their output keeps being captured meanwhile). Without it, SIGTERM
+    /// stops every job and a crashed daemon's jobs die with it.
+    #[arg(long, env = "JOBWORKER_LIVE_RESTORE")]
+    live_restore: bool,
     /// User and group ids for jobs, FIRST-LAST: each running job gets one of its own. The range
     /// must not hold any account or group of this machine, nor systemd's DynamicUser range.
     #[arg(long, env = "JOBWORKER_JOB_IDS", default_value_t = jobworker::IdRange::DEFAULT)]
@@ -133,18 +143,63 @@ struct ServeArgs {
     /// Time between SIGTERM and SIGKILL when a job is stopped.
     #[arg(long, env = "JOBWORKER_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     stop_grace: Duration,
-    /// Default CPU limit, in CPUs (e.g. 0.5).
+    /// CPUs of a job whose request sets none [default: 1, or --max-cpus if lower].
     #[arg(long, env = "JOBWORKER_DEFAULT_CPUS")]
     default_cpus: Option<f64>,
-    /// Default memory limit, binary units (e.g. 512M = 512 MiB).
+    /// Memory of a job whose request sets none, binary units (512M = 512 MiB) [default: 512M,
+    /// or --max-memory if lower].
     #[arg(long, env = "JOBWORKER_DEFAULT_MEMORY", value_parser = parse_bytes)]
     default_memory: Option<u64>,
-    /// Default limit on processes and threads per job (a fork-bomb guard).
+    /// Processes and threads of a job whose request sets none [default: 1024, or --max-pids if
+    /// lower].
     #[arg(long, env = "JOBWORKER_DEFAULT_PIDS")]
     default_pids: Option<u64>,
-    /// Most jobs (running or ended) kept at once.
+    /// The most CPUs a request may ask for [default: --jobs-cpus].
+    #[arg(long, env = "JOBWORKER_MAX_CPUS")]
+    max_cpus: Option<f64>,
+    /// The most memory a request may ask for [default: --jobs-memory].
+    #[arg(long, env = "JOBWORKER_MAX_MEMORY", value_parser = parse_bytes)]
+    max_memory: Option<u64>,
+    /// The most processes a request may ask for [default: --jobs-pids].
+    #[arg(long, env = "JOBWORKER_MAX_PIDS")]
+    max_pids: Option<u64>,
+    /// Output a job keeps; requests may ask for less. Output past it is counted and dropped
+    /// while the job runs on.
+    #[arg(long, env = "JOBWORKER_MAX_JOB_OUTPUT", default_value = "1G", value_parser = parse_bytes)]
+    max_job_output: u64,
+    /// CPUs of all jobs together, a bound on the jobs' parent cgroup [default: this machine's
+    /// CPUs minus half a CPU (a quarter on machines of one or two)].
+    #[arg(long, env = "JOBWORKER_JOBS_CPUS")]
+    jobs_cpus: Option<f64>,
+    /// Memory of all jobs together, a bound on the jobs' parent cgroup [default: this machine's
+    /// memory minus 10% (at least 512 MiB) for the daemon and the system].
+    #[arg(long, env = "JOBWORKER_JOBS_MEMORY", value_parser = parse_bytes)]
+    jobs_memory: Option<u64>,
+    /// Processes and threads of all jobs together [default: half of kernel.pid_max].
+    #[arg(long, env = "JOBWORKER_JOBS_PIDS")]
+    jobs_pids: Option<u64>,
+    /// Most jobs (running or ended) kept at once, all users together.
     #[arg(long, env = "JOBWORKER_MAX_JOBS", default_value_t = 10_000)]
     max_jobs: usize,
+    /// Most jobs (running or ended) one user keeps at once.
+    #[arg(long, env = "JOBWORKER_MAX_JOBS_PER_USER", default_value_t = 1_000)]
+    max_jobs_per_user: usize,
+    /// Most running jobs of one user at once.
+    #[arg(long, env = "JOBWORKER_MAX_RUNNING_PER_USER", default_value_t = 64)]
+    max_running_per_user: usize,
+    /// Bytes of output logs kept in all; a running job counts its output limit. When full, a
+    /// start first removes the starting user's oldest ended jobs (then those of users over
+    /// their fair share), else is refused [default: half of the state directory's filesystem].
+    #[arg(long, env = "JOBWORKER_MAX_TOTAL_OUTPUT", value_parser = parse_bytes)]
+    max_total_output: Option<u64>,
+    /// Ended jobs (record and output) are removed this long after they ended; "forever" keeps
+    /// them.
+    #[arg(long, env = "JOBWORKER_RETAIN_FINISHED", default_value = "7d", value_parser = parse_retention)]
+    retain_finished: Retention,
+    /// Do not fsync job records: faster starts, but a power loss may forget recent jobs. For
+    /// measuring what durability costs; not for production.
+    #[arg(long, env = "JOBWORKER_UNSAFE_NO_FSYNC")]
+    unsafe_no_fsync: bool,
     /// Most client connections open at once, TLS handshakes included; more are closed at once.
     #[arg(long, env = "JOBWORKER_MAX_CONNECTIONS", default_value_t = jobworkerd::server::DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -224,6 +279,19 @@ struct CertsAddUserArgs {
     /// Replace the user's existing certificate and key.
     #[arg(long)]
     force: bool,
+}
+
+/// How long ended jobs are kept.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s == "forever" {
+        return Ok(Retention(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| Retention(Some(d)))
+        .map_err(|e| format!("{s:?} is not a duration such as 7d or 12h, nor \"forever\": {e}"))
 }
 
 fn parse_bind(s: &str) -> Result<(PathBuf, PathBuf), String> {
@@ -360,7 +428,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before any thread exists, and from the main process: systemd accepts notifications only
     // from the service's main PID.
     let notifier = Notifier::from_env()?;
-    let (ca, cert, key) = match (args.ca, args.cert, args.key) {
+    let (ca, cert, key) = match (args.ca.clone(), args.cert.clone(), args.key.clone()) {
         (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
         (ca, cert, key) => {
             let dir = paths::default_pki_dir().with_context(|| {
@@ -378,36 +446,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let tls = jobworker_api::tls::server_config(&ca, &cert, &key)
         .context("cannot load the server's TLS configuration (create a development PKI with `jobworkerd certs init`)")?;
+    let config = worker_config(&args, &key)?;
+    // Taken before anything changes: a second daemon on this directory stops here, changing
+    // nothing.
+    let lock = StateLock::acquire(&config.state_dir).context("cannot use the state directory")?;
     let audit = match &args.audit_log {
         Some(path) => AuditLog::open(path)?,
         None => AuditLog::disabled(),
     };
     raise_open_file_limit();
-    let mut config = Config {
-        state_dir: args.state_dir,
-        job_ids: args.job_ids,
-        cgroup_parent: args.cgroup_parent,
-        stop_grace: args.stop_grace,
-        max_jobs: args.max_jobs,
-        secrets: vec![key.clone()],
-        ..Config::default()
-    };
-    config.sandbox.ro_paths = args.ro_paths;
-    for (binds, writable) in [(args.bind_ro, false), (args.bind_rw, true)] {
-        for (source, target) in binds {
-            config.sandbox.binds.push(jobworker::Bind {
-                source,
-                target,
-                writable,
-            });
-        }
-    }
-    let defaults = &mut config.default_limits;
-    defaults.cpus = args.default_cpus.or(defaults.cpus);
-    defaults.memory_bytes = args.default_memory.or(defaults.memory_bytes);
-    defaults.pids = args.default_pids.or(defaults.pids);
-    // Taken before anything else: a second daemon on this directory stops here, changing nothing.
-    let lock = StateLock::acquire(&config.state_dir).context("cannot use the state directory")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -416,11 +463,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let worker = Arc::new(
-            Worker::new(config, lock)
-                .await
-                .context("cannot prepare the worker")?,
-        );
         let metrics_listener = match args.metrics_listen {
             Some(addr) => {
                 if !addr.ip().is_loopback() {
@@ -434,6 +476,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // Listening first: a failed bind has changed nothing; the worker's preparation (which
+        // cleans up what an earlier run left) comes after.
+        let worker = Arc::new(
+            Worker::new(config, lock)
+                .await
+                .context("cannot prepare the worker")?,
+        );
         let options = Options {
             max_connections: args.max_connections as usize,
             metrics_listener,
@@ -459,6 +508,62 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// The worker's configuration from the flags: the machine's defaults (`Config::default`) where a
+/// flag is not given. Maxima follow the all-jobs bounds, defaults the maxima.
+fn worker_config(args: &ServeArgs, key: &Path) -> anyhow::Result<Config> {
+    let mut config = Config {
+        state_dir: args.state_dir.clone(),
+        job_ids: args.job_ids,
+        cgroup_parent: args.cgroup_parent.clone(),
+        stop_grace: args.stop_grace,
+        max_jobs: args.max_jobs,
+        max_jobs_per_user: args.max_jobs_per_user,
+        max_running_per_user: args.max_running_per_user,
+        max_total_output: args.max_total_output,
+        retain_finished: args.retain_finished.0,
+        secrets: vec![key.to_owned()],
+        live_restore: args.live_restore,
+        sync_records: !args.unsafe_no_fsync,
+        ..Config::default()
+    };
+    config.sandbox.ro_paths = args.ro_paths.clone();
+    for (binds, writable) in [(&args.bind_ro, false), (&args.bind_rw, true)] {
+        for (source, target) in binds {
+            config.sandbox.binds.push(jobworker::Bind {
+                source: source.clone(),
+                target: target.clone(),
+                writable,
+            });
+        }
+    }
+    let jobs = &mut config.jobs_limits;
+    jobs.cpus = args.jobs_cpus.or(jobs.cpus);
+    jobs.memory_bytes = args.jobs_memory.or(jobs.memory_bytes);
+    jobs.pids = args.jobs_pids.or(jobs.pids);
+    let jobs = config.jobs_limits;
+    let max = &mut config.max_limits;
+    max.cpus = args.max_cpus.or(jobs.cpus);
+    max.memory_bytes = args.max_memory.or(jobs.memory_bytes);
+    max.pids = args.max_pids.or(jobs.pids);
+    max.output_bytes = Some(args.max_job_output);
+    let max = config.max_limits;
+    let lower = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let defaults = &mut config.default_limits;
+    defaults.cpus = args.default_cpus.or(match (defaults.cpus, max.cpus) {
+        (Some(d), Some(m)) => Some(d.min(m)),
+        (d, m) => d.or(m),
+    });
+    defaults.memory_bytes = args
+        .default_memory
+        .or(lower(defaults.memory_bytes, max.memory_bytes));
+    defaults.pids = args.default_pids.or(lower(defaults.pids, max.pids));
+    defaults.output_bytes = Some(args.max_job_output);
+    Ok(config)
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection, job pipe and log

@@ -25,8 +25,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tonic::Status;
 
+use crate::convert::code_name;
 use crate::server::shutting_down;
-use crate::service::code_name;
 
 /// A metric's single label, e.g. `[("reason", "timeout")]`.
 type Label = [(&'static str, &'static str); 1];

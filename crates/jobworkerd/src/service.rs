@@ -1,25 +1,30 @@
-//! The gRPC handlers: authenticate the caller, authorize, call the worker, map the result.
+//! The gRPC handlers: who is calling, may they, what the worker says — and the record of it.
 //!
 //! Each handler records its outcome in the audit log ([`AuditLog::begin`] /
-//! [`crate::audit::AuditEntry::finish`], before answering) and in the metrics.
+//! [`crate::audit::AuditEntry::finish`], before answering) and in the metrics. Conversions to
+//! and from the proto live in [`crate::convert`], the policy in [`crate::authz`].
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use futures::Stream;
-use jobworker::{
-    Chunk, CommandSpec, JobId, JobState, JobStatus, Limits, ListQuery, OutputReader, StreamFilter,
-    Worker,
-};
+use jobworker::{Chunk, JobId, JobStatus, ListQuery, OutputReader, Worker};
 use jobworker_api::codec::MAX_OUTPUT_CHUNK;
 use jobworker_api::pb::{self, job_worker_server::JobWorker};
+use prost::Message;
 use tokio::sync::watch;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, Rpc};
 use crate::authz::{self, Caller, Peer};
+use crate::convert::{self, to_status};
 use crate::metrics::{Metrics, OpenGuard};
+
+/// The most bytes of job statuses one List page carries; a page is cut short (with a token for
+/// the rest) before it would grow past this, whatever its rows hold: well under the 4 MiB that
+/// gRPC clients accept by default.
+const PAGE_BYTES: usize = 2 << 20;
 
 /// The service behind the API: a worker plus what the server needs to end streams cleanly,
 /// count and audit.
@@ -49,41 +54,24 @@ impl JobService {
 
     /// The job, if it exists and the caller may act on it. Another user's job is NOT_FOUND,
     /// exactly like a missing one, so ids cannot be probed.
-    fn authorized(&self, caller: &Caller, job_id: &str) -> Result<JobStatus, Status> {
-        let id: JobId = job_id
-            .parse()
-            .map_err(|e: jobworker::ParseJobIdError| Status::invalid_argument(e.to_string()))?;
+    fn authorized(&self, caller: &Caller, job_id: &str) -> Result<JobId, Status> {
+        let id = convert::job_id(job_id)?;
         match self.worker.status(id) {
-            Ok(status) if authz::may_access(caller, &status.owner) => Ok(status),
-            Ok(_) | Err(jobworker::Error::NotFound(_)) => Err(not_found(id)),
+            Ok(status) if authz::may_access(caller, &status.owner) => Ok(id),
+            Ok(_) | Err(jobworker::Error::NotFound(_)) => Err(convert::not_found(id)),
             Err(e) => Err(to_status(e)),
         }
     }
 
-    /// StreamOutput without the bookkeeping: authenticate, authorize, open a reader.
-    fn open_output(
-        &self,
-        peer: &Peer,
-        req: &pb::StreamOutputRequest,
-    ) -> Result<OutputReader, Status> {
+    /// The job named by `job_id`, once `peer` is known and allowed.
+    fn job_for(&self, peer: &Peer, job_id: &str) -> Result<(JobId, Caller), Status> {
         let caller = peer.caller()?;
-        let status = self.authorized(caller, &req.job_id)?;
-        let filter = filter_from_pb(&req.streams)?;
-        self.worker.output(status.id, filter, 0).map_err(to_status)
+        Ok((self.authorized(caller, job_id)?, caller.clone()))
     }
 
-    /// Start without the bookkeeping: authenticate, run (the library validates).
     async fn start_job(&self, peer: &Peer, req: pb::StartRequest) -> Result<JobId, Status> {
         let caller = peer.caller()?;
-        let mut env: Vec<(String, String)> = req.env.into_iter().collect();
-        env.sort();
-        let spec = CommandSpec {
-            program: req.command,
-            args: req.args,
-            env,
-            working_dir: (!req.working_dir.is_empty()).then(|| req.working_dir.into()),
-        };
-        let limits = req.limits.map(limits_from_pb).unwrap_or_default();
+        let (spec, limits) = convert::start_request(req);
         let program = spec.program.clone();
         let id = self
             .worker
@@ -93,62 +81,50 @@ impl JobService {
         tracing::info!(job = %id, user = %caller.user, %program, "job started");
         Ok(id)
     }
-}
 
-fn not_found(id: JobId) -> Status {
-    Status::not_found(format!("job {id} not found"))
-}
-
-/// A gRPC code in snake case, as metrics labels and the audit log name it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
+    fn list_jobs(&self, peer: &Peer, req: &pb::ListRequest) -> Result<pb::ListResponse, Status> {
+        let caller = peer.caller()?;
+        let query = ListQuery {
+            owner: authz::list_owner(caller, &req.owner)?,
+            states: convert::states(&req.states)?,
+            after: convert::page_token(&req.page_token)?,
+            limit: convert::page_size(req.page_size)?,
+        };
+        let page = self.worker.list(&query);
+        let mut jobs = Vec::with_capacity(page.jobs.len());
+        let mut bytes = 0;
+        let mut next = page.next;
+        for status in &page.jobs {
+            let job = convert::status_to_pb(status);
+            bytes += job.encoded_len();
+            if bytes > PAGE_BYTES && !jobs.is_empty() {
+                // The rest of the page goes on the next one.
+                next = page
+                    .jobs
+                    .get(jobs.len() - 1)
+                    .map(jobworker::ListCursor::after);
+                break;
+            }
+            jobs.push(job);
+        }
+        Ok(pb::ListResponse {
+            jobs,
+            next_page_token: next.map(|c| c.to_string()).unwrap_or_default(),
+        })
     }
-}
 
-/// The one place where library errors become gRPC status codes.
-pub fn to_status(err: jobworker::Error) -> Status {
-    use jobworker::Error::*;
-    match err {
-        InvalidCommand(_) | InvalidLimit(_) | Spawn { .. } => {
-            Status::invalid_argument(err.to_string())
-        }
-        NotFound(id) => not_found(id),
-        JobRunning(_) => Status::failed_precondition(err.to_string()),
-        Quota(_) => Status::resource_exhausted(err.to_string()),
-        ShuttingDown => {
-            Status::unavailable("the server is shutting down; retry against a running server")
-        }
-        Output(jobworker::OutputError::Incomplete(_)) => Status::data_loss(err.to_string()),
-        Output(jobworker::OutputError::OffsetPastEnd { .. }) => {
-            Status::out_of_range(err.to_string())
-        }
-        Config(_)
-        | StateDirBusy { .. }
-        | IdRangeBusy { .. }
-        | Seccomp(_)
-        | Cgroup(_)
-        | Io { .. }
-        | Output(_) => {
-            tracing::error!("internal error: {err}");
-            Status::internal(format!("the server failed: {err}"))
-        }
+    fn open_output(
+        &self,
+        peer: &Peer,
+        req: &pb::StreamOutputRequest,
+    ) -> Result<(JobId, OutputReader), Status> {
+        let (id, _) = self.job_for(peer, &req.job_id)?;
+        let filter = convert::stream_filter(&req.streams)?;
+        let reader = self
+            .worker
+            .output(id, filter, req.offset)
+            .map_err(to_status)?;
+        Ok((id, reader))
     }
 }
 
@@ -182,16 +158,15 @@ impl JobWorker for JobService {
         let job_id = &request.get_ref().job_id;
         let audit = self.audit.begin(&peer, Rpc::Stop, Some(job_id));
         let result = async {
-            let caller = peer.caller()?;
-            let status = self.authorized(caller, job_id)?;
-            let status = self.worker.stop(status.id).await.map_err(to_status)?;
-            tracing::info!(job = %status.id, user = %caller.user, "job stopped");
+            let (id, caller) = self.job_for(&peer, job_id)?;
+            let status = self.worker.stop(id).await.map_err(to_status)?;
+            tracing::info!(job = %id, user = %caller.user, "job stopped");
             Ok(status)
         }
         .await;
         audit.finish(&result).await;
         Ok(Response::new(pb::StopResponse {
-            status: Some(status_to_pb(&result?)),
+            status: Some(convert::status_to_pb(&result?)),
         }))
     }
 
@@ -202,12 +177,14 @@ impl JobWorker for JobService {
         let peer = authz::peer(&request)?;
         let job_id = &request.get_ref().job_id;
         let audit = self.audit.begin(&peer, Rpc::GetStatus, Some(job_id));
-        let result = peer
-            .caller()
-            .and_then(|caller| self.authorized(caller, job_id));
+        let result = async {
+            let (id, _) = self.job_for(&peer, job_id)?;
+            self.worker.details(id).await.map_err(to_status)
+        }
+        .await;
         audit.finish(&result).await;
         Ok(Response::new(pb::GetStatusResponse {
-            status: Some(status_to_pb(&result?)),
+            status: Some(convert::status_to_pb(&result?)),
         }))
     }
 
@@ -217,18 +194,9 @@ impl JobWorker for JobService {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let peer = authz::peer(&request)?;
         let audit = self.audit.begin(&peer, Rpc::List, None);
-        let result = peer.caller().map(|caller| {
-            let owner = (!caller.is_admin()).then_some(caller.user.as_str());
-            let query = ListQuery {
-                owner: owner.map(str::to_owned),
-                limit: usize::MAX,
-                ..ListQuery::default()
-            };
-            self.worker.list(&query).jobs
-        });
+        let result = self.list_jobs(&peer, request.get_ref());
         audit.finish(&result).await;
-        let jobs = result?.iter().map(status_to_pb).collect();
-        Ok(Response::new(pb::ListResponse { jobs }))
+        Ok(Response::new(result?))
     }
 
     type StreamOutputStream = OutputStream;
@@ -244,11 +212,56 @@ impl JobWorker for JobService {
             .begin(&peer, Rpc::StreamOutput, Some(&req.job_id));
         let result = self.open_output(&peer, req);
         audit.finish(&result).await;
+        let (id, reader) = result?;
         Ok(Response::new(output_stream(
-            result?,
+            id,
+            reader,
+            self.worker.clone(),
             self.shutdown.clone(),
             self.metrics.clone(),
         )))
+    }
+
+    async fn wait(
+        &self,
+        request: Request<pb::WaitRequest>,
+    ) -> Result<Response<pb::WaitResponse>, Status> {
+        let peer = authz::peer(&request)?;
+        let job_id = &request.get_ref().job_id;
+        let audit = self.audit.begin(&peer, Rpc::Wait, Some(job_id));
+        let authorized = self.job_for(&peer, job_id);
+        // Only a refusal is audited for reads; the wait itself may last long.
+        audit.finish(&authorized).await;
+        let (id, _) = authorized?;
+        let mut shutdown = self.shutdown.clone();
+        let status = tokio::select! {
+            status = self.worker.wait(id) => status.map_err(to_status)?,
+            _ = shutdown.wait_for(|down| *down) => {
+                return Err(Status::unavailable("the server is shutting down; wait again against a running server"));
+            }
+        };
+        Ok(Response::new(pb::WaitResponse {
+            status: Some(convert::status_to_pb(&status)),
+        }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let peer = authz::peer(&request)?;
+        let req = request.get_ref();
+        let audit = self.audit.begin(&peer, Rpc::Remove, Some(&req.job_id));
+        let result = async {
+            let (id, caller) = self.job_for(&peer, &req.job_id)?;
+            self.worker.remove(id, req.force).await.map_err(to_status)?;
+            tracing::info!(job = %id, user = %caller.user, force = req.force, "job removed");
+            Ok(())
+        }
+        .await;
+        audit.finish(&result).await;
+        result?;
+        Ok(Response::new(pb::RemoveResponse {}))
     }
 }
 
@@ -258,23 +271,31 @@ impl JobWorker for JobService {
 /// its own stream: HTTP/2 flow control stops polling it, and the reader holds one chunk.
 ///
 /// Each library chunk (up to 64 KiB) goes out as messages of at most [`MAX_OUTPUT_CHUNK`]
-/// bytes, slices of it without a copy: see `jobworker_api::codec` for why.
+/// bytes, slices of it without a copy: see `jobworker_api::codec` for why. After the last byte
+/// comes one [`pb::OutputEnd`] with the job's final status, then the stream ends.
 fn output_stream(
+    id: JobId,
     reader: OutputReader,
+    worker: Arc<Worker>,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> OutputStream {
     struct State {
+        id: JobId,
         reader: OutputReader,
+        worker: Arc<Worker>,
         shutdown: watch::Receiver<bool>,
         /// What is left of the chunk being sent.
         rest: Option<Chunk>,
+        /// Set once the end (or an error) was sent.
         done: bool,
         _open: OpenGuard,
         metrics: Arc<Metrics>,
     }
     let state = State {
+        id,
         reader,
+        worker,
         shutdown,
         rest: None,
         done: false,
@@ -292,24 +313,32 @@ fn output_stream(
                 Err(Status::unavailable("the server is shutting down and stops every job"))
             }
             next = next_message(&mut s.reader, &mut s.rest) => match next {
-                Ok(Some(message)) => {
-                    s.metrics.streamed(message.data.len());
+                Ok(Some((message, bytes))) => {
+                    s.metrics.streamed(bytes);
                     Ok(message)
                 }
-                Ok(None) => return None,
+                Ok(None) => {
+                    // The reader ends only once the job's end is published: this is final.
+                    s.done = true;
+                    s.worker
+                        .status(s.id)
+                        .map(|status: JobStatus| convert::end_to_pb(&status))
+                        .map_err(to_status)
+                }
                 Err(e) => Err(to_status(e.into())),
             },
         };
-        s.done = item.is_err();
+        s.done |= item.is_err();
         Some((item, s))
     }))
 }
 
-/// The next message: the next piece of `rest`, or of the reader's next chunk.
+/// The next message and its output bytes: the next piece of `rest`, or of the reader's next
+/// chunk. `None` at the end of the output.
 async fn next_message(
     reader: &mut OutputReader,
     rest: &mut Option<Chunk>,
-) -> Result<Option<pb::StreamOutputResponse>, jobworker::OutputError> {
+) -> Result<Option<(pb::StreamOutputResponse, usize)>, jobworker::OutputError> {
     let mut chunk = match rest.take() {
         Some(chunk) => chunk,
         None => match reader.next().await? {
@@ -327,96 +356,6 @@ async fn next_message(
         *rest = Some(chunk);
         chunk = piece;
     }
-    Ok(Some(chunk_to_pb(chunk)))
-}
-
-fn chunk_to_pb(chunk: Chunk) -> pb::StreamOutputResponse {
-    let stream = match chunk.stream {
-        jobworker::Stream::Stdout => pb::OutputStream::Stdout,
-        jobworker::Stream::Stderr => pb::OutputStream::Stderr,
-    };
-    pb::StreamOutputResponse {
-        stream: stream as i32,
-        data: chunk.data,
-    }
-}
-
-fn filter_from_pb(streams: &[i32]) -> Result<StreamFilter, Status> {
-    let mut stdout = false;
-    let mut stderr = false;
-    for &s in streams {
-        match pb::OutputStream::try_from(s) {
-            Ok(pb::OutputStream::Stdout) => stdout = true,
-            Ok(pb::OutputStream::Stderr) => stderr = true,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown output stream {s}"
-                )));
-            }
-        }
-    }
-    Ok(match (stdout, stderr) {
-        (true, false) => StreamFilter::Stdout,
-        (false, true) => StreamFilter::Stderr,
-        _ => StreamFilter::Both,
-    })
-}
-
-/// Proto limits to library limits; validation happens in the library.
-pub fn limits_from_pb(l: pb::Limits) -> Limits {
-    Limits {
-        cpus: l.cpus,
-        memory_bytes: l.memory_bytes,
-        io_read_bps: l.io_read_bps,
-        io_write_bps: l.io_write_bps,
-        io_read_iops: l.io_read_iops,
-        io_write_iops: l.io_write_iops,
-        pids: l.pids,
-        output_bytes: None,
-    }
-}
-
-fn limits_to_pb(l: &Limits) -> pb::Limits {
-    pb::Limits {
-        cpus: l.cpus,
-        memory_bytes: l.memory_bytes,
-        io_read_bps: l.io_read_bps,
-        io_write_bps: l.io_write_bps,
-        io_read_iops: l.io_read_iops,
-        io_write_iops: l.io_write_iops,
-        pids: l.pids,
-    }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn status_to_pb(s: &JobStatus) -> pb::JobStatus {
-    let (state, exit_code, signal) = match s.state {
-        JobState::Running => (pb::JobState::Running, None, None),
-        JobState::Exited(code) => (pb::JobState::Exited, Some(code), None),
-        JobState::Signaled(sig) => (pb::JobState::Signaled, None, Some(sig)),
-        // The OOM killer ends processes with SIGKILL.
-        JobState::OomKilled => (pb::JobState::OomKilled, None, Some(9)),
-        JobState::Lost => (pb::JobState::Lost, None, None),
-    };
-    pb::JobStatus {
-        job_id: s.id.to_string(),
-        owner: s.owner.clone(),
-        command: s.spec.program.clone(),
-        args: s.spec.args.clone(),
-        state: state as i32,
-        exit_code,
-        signal,
-        stop_requested: s.stop_requested,
-        started_at_unix_ms: unix_ms(s.started_at),
-        ended_at_unix_ms: s.ended_at.map(unix_ms),
-        cpu_time_usec: s
-            .usage
-            .map(|u| u64::try_from(u.cpu_time.as_micros()).unwrap_or(u64::MAX)),
-        peak_memory_bytes: s.usage.and_then(|u| u.peak_memory_bytes),
-        limits: Some(limits_to_pb(&s.limits)),
-    }
+    let bytes = chunk.data.len();
+    Ok(Some((convert::chunk_to_pb(chunk), bytes)))
 }

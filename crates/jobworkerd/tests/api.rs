@@ -45,6 +45,7 @@ async fn read_stream(
         .stream_output(pb::StreamOutputRequest {
             job_id: id.into(),
             streams: vec![],
+            offset: 0,
         })
         .await
     {
@@ -54,7 +55,7 @@ async fn read_stream(
     let mut all = Vec::new();
     loop {
         match stream.message().await {
-            Ok(Some(msg)) => all.extend_from_slice(&msg.data),
+            Ok(Some(msg)) => all.extend_from_slice(msg.data()),
             Ok(None) => return (all, Ok(())),
             Err(e) => return (all, Err(e)),
         }
@@ -89,7 +90,7 @@ async fn users_cannot_see_or_touch_each_others_jobs_but_admins_can() {
     let (_, ended) = read_stream(&mut bob, &id).await;
     assert_eq!(ended.expect_err("bob streams").code(), Code::NotFound);
     let bobs = bob
-        .list(pb::ListRequest {})
+        .list(pb::ListRequest::default())
         .await
         .expect("list")
         .into_inner()
@@ -97,7 +98,7 @@ async fn users_cannot_see_or_touch_each_others_jobs_but_admins_can() {
     assert!(bobs.is_empty(), "bob sees {bobs:?}");
 
     let alices = alice
-        .list(pb::ListRequest {})
+        .list(pb::ListRequest::default())
         .await
         .expect("list")
         .into_inner()
@@ -109,7 +110,7 @@ async fn users_cannot_see_or_touch_each_others_jobs_but_admins_can() {
     assert_eq!(seen.owner, "alice");
     let bob_job = start(&mut bob, "/bin/true", &[]).await;
     let all = admin
-        .list(pb::ListRequest {})
+        .list(pb::ListRequest::default())
         .await
         .expect("list")
         .into_inner()
@@ -194,6 +195,7 @@ async fn bad_requests_get_invalid_argument_or_not_found_with_a_useful_message() 
         .stream_output(pb::StreamOutputRequest {
             job_id: uuid::Uuid::new_v4().to_string(),
             streams: vec![7],
+            offset: 0,
         })
         .await
         .expect_err("bad stream");
@@ -294,6 +296,7 @@ async fn a_client_that_goes_away_mid_stream_ends_its_server_stream() {
             .stream_output(pb::StreamOutputRequest {
                 job_id: id,
                 streams: vec![],
+                offset: 0,
             })
             .await
             .expect("stream")
@@ -303,7 +306,7 @@ async fn a_client_that_goes_away_mid_stream_ends_its_server_stream() {
             .await
             .expect("message")
             .expect("first chunk");
-        let _ = got_first.send(msg.data);
+        let _ = got_first.send(msg.data().to_vec());
         std::future::pending::<()>().await;
     });
     assert_eq!(&first.await.expect("first chunk arrives")[..], b"first\n");
@@ -326,12 +329,13 @@ async fn shutdown_ends_open_streams_with_a_status_and_stops_jobs() {
         .stream_output(pb::StreamOutputRequest {
             job_id: id.clone(),
             streams: vec![],
+            offset: 0,
         })
         .await
         .expect("stream")
         .into_inner();
     let first = stream.message().await.expect("message").expect("chunk");
-    assert_eq!(&first.data[..], b"hi\n");
+    assert_eq!(first.data(), b"hi\n");
     let worker = t.worker.clone();
     let parents = worker.cgroup_parents();
     let started = std::time::Instant::now();
@@ -377,14 +381,15 @@ async fn output_travels_in_messages_small_enough_not_to_pin_memory_in_idle_strea
         .stream_output(pb::StreamOutputRequest {
             job_id: id,
             streams: vec![],
+            offset: 0,
         })
         .await
         .expect("stream")
         .into_inner();
     let (mut total, mut largest) = (0, 0);
     while let Some(message) = stream.message().await.expect("message") {
-        total += message.data.len();
-        largest = largest.max(message.data.len());
+        total += message.data().len();
+        largest = largest.max(message.data().len());
     }
     assert_eq!(total, size, "every byte arrives");
     assert!(

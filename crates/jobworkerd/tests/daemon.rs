@@ -111,12 +111,13 @@ async fn sigterm_ends_streams_stops_jobs_removes_cgroups_and_exits_zero() {
         .stream_output(pb::StreamOutputRequest {
             job_id: id,
             streams: vec![],
+            offset: 0,
         })
         .await
         .expect("stream")
         .into_inner();
     let first = stream.message().await.expect("message").expect("chunk");
-    assert_eq!(&first.data[..], b"started\n");
+    assert_eq!(first.data(), b"started\n");
     let cgroup_dirs: Vec<std::path::PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
@@ -348,13 +349,19 @@ async fn certs_add_user_issues_certificates_the_running_daemon_accepts() {
         owners
     };
     let mut dave = connect(&daemon, &pki, "dave").await;
-    let all = dave.list(pb::ListRequest {}).await.expect("list as dave");
+    let all = dave
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list as dave");
     assert_eq!(
         owners(all.into_inner().jobs),
         ["alice", "carol"],
         "dave (--admin) sees every job"
     );
-    let own = carol.list(pb::ListRequest {}).await.expect("list as carol");
+    let own = carol
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list as carol");
     let own = own.into_inner().jobs;
     assert_eq!(owners(own.clone()), ["carol"], "carol is no admin");
     assert_eq!(own[0].job_id, id);

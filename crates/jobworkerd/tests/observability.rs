@@ -36,13 +36,14 @@ async fn read_output(client: &mut JobWorkerClient<Channel>, id: &str) -> Vec<u8>
         .stream_output(pb::StreamOutputRequest {
             job_id: id.into(),
             streams: vec![],
+            offset: 0,
         })
         .await
         .expect("stream")
         .into_inner();
     let mut all = Vec::new();
     while let Some(message) = stream.message().await.expect("message") {
-        all.extend_from_slice(&message.data);
+        all.extend_from_slice(message.data());
     }
     all
 }
@@ -190,7 +191,10 @@ async fn connections_beyond_the_cap_are_closed_at_once_and_a_slot_frees_when_a_c
     };
     let t = TestServer::start_with(|_| {}, options).await;
     let mut alice = t.client("alice").await;
-    alice.list(pb::ListRequest {}).await.expect("first client");
+    alice
+        .list(pb::ListRequest::default())
+        .await
+        .expect("first client");
 
     let refused = tokio::time::timeout(
         Duration::from_secs(5),
@@ -252,9 +256,11 @@ async fn the_audit_log_records_mutations_and_refusals_with_the_verified_identity
     assert_eq!(err.code(), Code::NotFound);
     // Written before the response: no waiting needed.
     assert_eq!(records(&path).len(), 3, "{:#?}", records(&path));
-    bob.list(pb::ListRequest {}).await.expect("bob lists");
+    bob.list(pb::ListRequest::default())
+        .await
+        .expect("bob lists");
     let err = nameless
-        .list(pb::ListRequest {})
+        .list(pb::ListRequest::default())
         .await
         .expect_err("no user name");
     assert_eq!(err.code(), Code::Unauthenticated);
