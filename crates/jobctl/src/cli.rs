@@ -16,7 +16,9 @@ Examples:
   jobctl logs \"$id\"                          follow its output
   jobctl status \"$id\"
   jobctl stop \"$id\"
-  jobctl list --output json
+  jobctl wait \"$id\"                          wait for it to end, exit with its status
+  jobctl rm \"$id\"                            delete its record and output
+  jobctl list --state running --output json
 
 Connection: by default jobctl connects to https://127.0.0.1:50051 as user alice of the development
 PKI in $XDG_DATA_HOME/jobworker/dev-pki (~/.local/share/jobworker/dev-pki; created by
@@ -57,24 +59,48 @@ Examples:
   jobctl stop --output json \"$id\"";
 
 const STATUS_EXAMPLES: &str = "\
-States: running, stopping, exited(CODE), signaled(SIGNAL), oom-killed; \"(stopped)\" marks a job
-ended by `jobctl stop`.
+States: running, stopping, exited(CODE), signaled(SIGNAL), oom-killed, lost (the server died
+under the job and its outcome is unknown); \"(stopped)\" marks a job ended by `jobctl stop`.
 
 Examples:
   jobctl status \"$id\"
   jobctl status --output json \"$id\" | jq -r .state";
 
 const LIST_EXAMPLES: &str = "\
-Lists your jobs, running and ended; members of the group admin see every user's jobs.
+Lists your jobs, running and ended, oldest first; members of the group admin see every user's
+jobs. Long command lines are cut (`jobctl status ID` shows them whole). The server keeps ended
+jobs for its retention period (7 days by default); `jobctl rm` deletes one sooner.
 
 Examples:
   jobctl list
-  jobctl list --output json | jq -r '.[] | select(.state == \"running\") | .id'";
+  jobctl list --state running
+  jobctl list --state exited --state signaled --output json | jq -r '.[].id'
+  jobctl list --owner bob                    (admins only)";
+
+const WAIT_EXAMPLES: &str = "\
+Waits until the job has ended, prints its final status, and exits with the job's status as
+`jobctl run` does: its exit code, 128+N when killed by signal N, 137 when the OOM killer ended it,
+1 when its outcome is unknown (lost). If the server restarts meanwhile, jobctl reconnects.
+
+Examples:
+  jobctl wait \"$id\" && echo \"the job succeeded\"
+  jobctl wait --output json \"$id\" | jq .exit_code";
+
+const RM_EXAMPLES: &str = "\
+Deletes ended jobs: their records and their output. A running job is refused unless --force is
+given, which stops it first (SIGTERM, grace period, SIGKILL). Prints each id removed.
+
+Examples:
+  jobctl rm \"$id\"
+  jobctl rm --force \"$id\"
+  jobctl list --state exited --output json | jq -r '.[].id' | xargs jobctl rm";
 
 const LOGS_EXAMPLES: &str = "\
 Streams the job's output from its first byte and follows it until the job ends. The job's
 stdout goes to stdout and its stderr to stderr, byte for byte (binary output is safe to redirect).
-Ctrl-C stops following (exit 130); the job keeps running.
+Ctrl-C stops following (exit 130); the job keeps running. If the connection breaks (e.g. the
+server restarts), jobctl says so on stderr and reconnects, resuming at the exact byte where it
+stopped, for up to 2 minutes.
 
 Examples:
   jobctl logs \"$id\"
@@ -199,9 +225,35 @@ pub enum JobCommand {
     /// List jobs.
     #[command(after_help = LIST_EXAMPLES)]
     List {
+        /// Only jobs in this state (repeatable).
+        #[arg(long, value_enum, value_name = "STATE")]
+        state: Vec<StateFilter>,
+        /// Only this user's jobs; naming another user needs the group admin.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
         /// How to print the jobs.
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+    },
+    /// Wait for a job to end and exit with its status.
+    #[command(after_help = WAIT_EXAMPLES)]
+    Wait {
+        /// The job's id, as printed by `jobctl start`.
+        #[arg(value_name = "ID", value_parser = parse_job_id)]
+        job_id: String,
+        /// How to print the final status.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Delete jobs: their records and output.
+    #[command(after_help = RM_EXAMPLES)]
+    Rm {
+        /// The jobs' ids.
+        #[arg(value_name = "ID", required = true, value_parser = parse_job_id)]
+        job_ids: Vec<String>,
+        /// Stop running jobs first instead of refusing them.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Stream a job's output until it ends.
     #[command(after_help = LOGS_EXAMPLES)]
@@ -426,6 +478,10 @@ pub struct LimitArgs {
     /// Maximum number of processes and threads in the job.
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,
+
+    /// Output kept, e.g. 100M; past it output is counted and dropped, the job runs on.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output: Option<u64>,
 }
 
 /// The arguments of `logs`.
@@ -442,6 +498,21 @@ pub struct LogsArgs {
     /// Only the job's stderr.
     #[arg(long)]
     pub stderr: bool,
+}
+
+/// A job state `list --state` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateFilter {
+    /// Running (including stopping).
+    Running,
+    /// Exited with a code.
+    Exited,
+    /// Killed by a signal.
+    Signaled,
+    /// Ended by the OOM killer.
+    OomKilled,
+    /// Ended without a recorded outcome.
+    Lost,
 }
 
 /// How `status`, `stop` and `list` print jobs.

@@ -2,20 +2,18 @@
 
 use std::io::{self, Write};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use jobworker_api::pb;
-use tokio::signal::unix::Signal;
 use tokio::task::JoinHandle;
 use tonic::Status;
 
-use crate::cli::{JobCommand, LimitArgs, LogsArgs, OutputFormat, RunArgs, StartArgs};
-use crate::connection::Connection;
+use crate::cli::{JobCommand, LimitArgs, LogsArgs, OutputFormat, RunArgs, StartArgs, StateFilter};
+use crate::connection::{Connection, Reconnect};
 use crate::error::{self, Failure};
 use crate::output;
 use crate::settings::Settings;
 use crate::status::State;
-use crate::stream::{self, Ending, Sink};
+use crate::stream::{self, Ending, Follower, Sink};
 
 /// Exit status after Ctrl-C: 128 + SIGINT, what a shell reports for an interrupted command.
 const INTERRUPTED: u8 = 130;
@@ -24,9 +22,8 @@ const INTERRUPTED: u8 = 130;
 /// killed writing into a closed pipe. Rust ignores SIGPIPE, so we end ourselves, quietly.
 const BROKEN_PIPE: u8 = 141;
 
-/// Backoff between status checks while waiting for a job whose output is complete to end.
-const END_POLL_FIRST: Duration = Duration::from_millis(5);
-const END_POLL_MAX: Duration = Duration::from_millis(250);
+/// Jobs asked for per `List` page: the most the server allows, fewest round trips.
+const LIST_PAGE: u32 = 1000;
 
 /// Connects and runs the subcommand.
 pub async fn execute(settings: &Settings, command: JobCommand) -> Result<ExitCode, Failure> {
@@ -35,7 +32,13 @@ pub async fn execute(settings: &Settings, command: JobCommand) -> Result<ExitCod
         JobCommand::Start(args) => start(&connection, args).await,
         JobCommand::Stop { job_id, output } => stop(&connection, job_id, output).await,
         JobCommand::Status { job_id, output } => status(&connection, job_id, output).await,
-        JobCommand::List { output } => list(&connection, output).await,
+        JobCommand::List {
+            state,
+            owner,
+            output,
+        } => list(&connection, &state, owner, output).await,
+        JobCommand::Wait { job_id, output } => wait(&connection, job_id, output).await,
+        JobCommand::Rm { job_ids, force } => remove(&connection, job_ids, force).await,
         JobCommand::Logs(args) => logs(&connection, args).await,
         JobCommand::Run(args) => run(&connection, args).await,
     }
@@ -62,22 +65,127 @@ async fn status(
     job_id: String,
     format: OutputFormat,
 ) -> Result<ExitCode, Failure> {
-    let status = get_status(connection, job_id)
+    let response = connection
+        .client
+        .clone()
+        .get_status(pb::GetStatusRequest { job_id })
         .await
         .map_err(|s| connection.failure(&s))?;
+    let status = response.into_inner().status.unwrap_or_default();
     print(|out| output::print_status(out, &status, format))
 }
 
-async fn list(connection: &Connection, format: OutputFormat) -> Result<ExitCode, Failure> {
-    let jobs = connection
-        .client
-        .clone()
-        .list(pb::ListRequest {})
-        .await
-        .map_err(|s| connection.failure(&s))?
-        .into_inner()
-        .jobs;
+/// Every page of the list, printed at once: the table's columns are as wide as their widest
+/// row. The server's quotas bound how many jobs there are.
+async fn list(
+    connection: &Connection,
+    states: &[StateFilter],
+    owner: Option<String>,
+    format: OutputFormat,
+) -> Result<ExitCode, Failure> {
+    let mut request = pb::ListRequest {
+        page_size: LIST_PAGE,
+        page_token: String::new(),
+        states: states.iter().map(|s| job_state(*s) as i32).collect(),
+        owner: owner.unwrap_or_default(),
+    };
+    let mut jobs = Vec::new();
+    loop {
+        let page = connection
+            .client
+            .clone()
+            .list(request.clone())
+            .await
+            .map_err(|s| connection.failure(&s))?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
     print(|out| output::print_list(out, &jobs, format))
+}
+
+fn job_state(filter: StateFilter) -> pb::JobState {
+    match filter {
+        StateFilter::Running => pb::JobState::Running,
+        StateFilter::Exited => pb::JobState::Exited,
+        StateFilter::Signaled => pb::JobState::Signaled,
+        StateFilter::OomKilled => pb::JobState::OomKilled,
+        StateFilter::Lost => pb::JobState::Lost,
+    }
+}
+
+/// Waits for the job's end, across server restarts, and exits with its status.
+async fn wait(
+    connection: &Connection,
+    job_id: String,
+    format: OutputFormat,
+) -> Result<ExitCode, Failure> {
+    let mut interrupts = stream::interrupts()?;
+    let mut reconnect = Reconnect::new();
+    let status = loop {
+        let mut client = connection.client.clone();
+        let call = client.wait(pb::WaitRequest {
+            job_id: job_id.clone(),
+        });
+        let failed = tokio::select! {
+            _ = interrupts.recv() => return Ok(ExitCode::from(INTERRUPTED)),
+            answer = call => match answer {
+                Ok(response) => break response.into_inner().status.unwrap_or_default(),
+                Err(status) => status,
+            },
+        };
+        let pause = reconnect.failed(&failed, connection)?;
+        tokio::select! {
+            _ = interrupts.recv() => return Ok(ExitCode::from(INTERRUPTED)),
+            () = tokio::time::sleep(pause) => {}
+        }
+    };
+    reconnect.succeeded(None);
+    let printed = print(|out| output::print_status(out, &status, format))?;
+    if printed != ExitCode::SUCCESS {
+        return Ok(printed);
+    }
+    Ok(exit_status(&status))
+}
+
+/// Removes each job, like `docker rm`: every id removed is printed, every failure reported,
+/// and the exit status is 1 if any failed.
+async fn remove(
+    connection: &Connection,
+    job_ids: Vec<String>,
+    force: bool,
+) -> Result<ExitCode, Failure> {
+    let mut failed = false;
+    for job_id in job_ids {
+        let request = pb::RemoveRequest {
+            job_id: job_id.clone(),
+            force,
+        };
+        match connection.client.clone().remove(request).await {
+            Ok(_) => {
+                if print(|out| writeln!(out, "{job_id}"))? != ExitCode::SUCCESS {
+                    return Ok(ExitCode::from(BROKEN_PIPE));
+                }
+            }
+            Err(status) => {
+                failed = true;
+                let mut failure = connection.failure(&status);
+                if status.code() == tonic::Code::FailedPrecondition {
+                    failure = failure.hint("stop it first, or remove it with --force");
+                }
+                // Not eprintln!, which panics when stderr is a closed pipe.
+                let _ = writeln!(io::stderr(), "{failure}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Follows the output; Ctrl-C only stops following, the job is not touched.
@@ -89,26 +197,26 @@ async fn logs(connection: &Connection, args: LogsArgs) -> Result<ExitCode, Failu
         // Empty means both; clap already refuses both flags at once.
         _ => Vec::new(),
     };
-    let mut output = connection
-        .client
-        .clone()
-        .stream_output(pb::StreamOutputRequest {
-            job_id: args.job_id,
-            streams,
-        })
+    let mut follower = Follower::new(args.job_id, streams);
+    follower
+        .open(connection)
         .await
-        .map_err(|s| connection.failure(&s))?
-        .into_inner();
+        .map_err(|s| connection.failure(&s))?;
     let mut sink = Sink::new()?;
-    let ending = stream::follow(&mut output, &mut sink, &mut interrupts, connection).await?;
+    let ending = follower
+        .follow(&mut sink, &mut interrupts, connection)
+        .await?;
     Ok(match ending {
-        Ending::Complete => ExitCode::SUCCESS,
+        Ending::Complete(status) => {
+            note_dropped(&status);
+            ExitCode::SUCCESS
+        }
         Ending::Interrupted => ExitCode::from(INTERRUPTED),
         Ending::BrokenPipe => ExitCode::from(BROKEN_PIPE),
     })
 }
 
-/// Start, follow, and exit with the job's status.
+/// Start, follow, and exit with the job's status, which the end of the output carries.
 ///
 /// The job belongs to this invocation the way a foreground process belongs to a shell: Ctrl-C
 /// stops it (a second one stops waiting), and so does our stdout being closed.
@@ -120,116 +228,74 @@ async fn run(connection: &Connection, args: RunArgs) -> Result<ExitCode, Failure
         // that it is the first line there. Not eprintln!, which panics on a closed stderr.
         let _ = writeln!(io::stderr(), "jobctl: started job {id}");
     }
-    let mut run = Run {
-        connection,
-        id,
-        stopping: None,
-    };
-
-    let mut output = match connection
-        .client
-        .clone()
-        .stream_output(pb::StreamOutputRequest {
-            job_id: run.id.clone(),
-            streams: Vec::new(),
-        })
-        .await
-    {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            // Nobody would see this job's output or status: do not leave it running.
-            let _ = stop_job(connection, run.id.clone()).await;
-            return Err(connection.failure(&status));
-        }
-    };
+    let mut follower = Follower::new(id.clone(), Vec::new());
+    if let Err(status) = follower.open(connection).await {
+        // Nobody would see this job's output or status: do not leave it running.
+        let _ = stop_job(connection, id).await;
+        return Err(connection.failure(&status));
+    }
+    let mut stopping: Option<JoinHandle<()>> = None;
     let mut sink = Sink::new()?;
     loop {
-        match stream::follow(&mut output, &mut sink, &mut interrupts, connection).await? {
-            Ending::Complete => break,
+        match follower
+            .follow(&mut sink, &mut interrupts, connection)
+            .await?
+        {
+            Ending::Complete(status) => {
+                note_dropped(&status);
+                return Ok(if stopping.is_some() {
+                    ExitCode::from(INTERRUPTED)
+                } else {
+                    exit_status(&status)
+                });
+            }
             Ending::Interrupted => {
-                if run.interrupt() {
+                if stopping.is_some() {
+                    // The second Ctrl-C: stop waiting; the server finishes stopping the job.
                     return Ok(ExitCode::from(INTERRUPTED));
                 }
+                let _ = writeln!(
+                    io::stderr(),
+                    "jobctl: stopping job {id} (press Ctrl-C again to stop waiting)"
+                );
+                // The Stop call runs while we keep showing output; the end of the output
+                // tells us the job has ended. Its error, if any, is moot: the job's end
+                // (or the second Ctrl-C) is what we wait for.
+                let mut client = connection.client.clone();
+                let job_id = id.clone();
+                stopping = Some(tokio::spawn(async move {
+                    let _ = client.stop(pb::StopRequest { job_id }).await;
+                }));
             }
             Ending::BrokenPipe => {
                 // Like a local pipeline, `jobctl run -- yes | head` must not leave `yes`
                 // running. Errors are moot: nobody reads our output anymore.
-                let _ = stop_job(connection, run.id.clone()).await;
+                let _ = stop_job(connection, id).await;
                 return Ok(ExitCode::from(BROKEN_PIPE));
             }
         }
     }
-    drop(sink);
-    run.finish(&mut interrupts).await
 }
 
-/// A job started by `run`, and whether Ctrl-C has asked it to stop.
-struct Run<'a> {
-    connection: &'a Connection,
-    id: String,
-    /// The Stop call started by the first Ctrl-C; it runs while we keep showing output.
-    stopping: Option<JoinHandle<Result<pb::JobStatus, Status>>>,
-}
-
-impl Run<'_> {
-    /// Handles Ctrl-C: the first one stops the job, the second gives up waiting. Returns
-    /// whether to give up.
-    fn interrupt(&mut self) -> bool {
-        if self.stopping.is_some() {
-            return true;
-        }
-        // Not eprintln!, which panics when stderr is a closed pipe.
+/// Tells on stderr, after the output, that the job wrote more than it was allowed to keep:
+/// otherwise the output would look complete.
+fn note_dropped(status: &pb::JobStatus) {
+    let dropped = status.output.as_ref().map_or(0, |o| o.dropped_bytes);
+    if dropped > 0 {
         let _ = writeln!(
             io::stderr(),
-            "jobctl: stopping job {} (press Ctrl-C again to stop waiting)",
-            self.id
+            "jobctl: the job's output was cut at its limit: {dropped} more bytes were dropped \
+             (see --max-output)"
         );
-        let connection = self.connection.client.clone();
-        let id = self.id.clone();
-        self.stopping = Some(tokio::spawn(async move {
-            let mut client = connection;
-            client
-                .stop(pb::StopRequest { job_id: id })
-                .await
-                .map(|r| r.into_inner().status.unwrap_or_default())
-        }));
-        false
     }
+}
 
-    /// The output is complete; waits for the job's final status and turns it into our exit
-    /// status.
-    ///
-    /// The output ends when the job's stdout and stderr close, which is normally a moment
-    /// before the server has reaped the job, but can be much earlier (a command may close its
-    /// output and carry on). Hence short, growing pauses between status checks.
-    async fn finish(mut self, interrupts: &mut Signal) -> Result<ExitCode, Failure> {
-        let mut pause = END_POLL_FIRST;
-        loop {
-            if let Some(stopping) = self.stopping.take() {
-                return tokio::select! {
-                    _ = interrupts.recv() => Ok(ExitCode::from(INTERRUPTED)),
-                    stopped = stopping => match stopped {
-                        Ok(Ok(_status)) => Ok(ExitCode::from(INTERRUPTED)),
-                        Ok(Err(status)) => Err(self.connection.failure(&status)),
-                        Err(join) => Err(Failure::new(format!("stopping the job failed: {join}"))),
-                    },
-                };
-            }
-            let status = get_status(self.connection, self.id.clone())
-                .await
-                .map_err(|s| self.connection.failure(&s))?;
-            if let State::Ended { outcome, .. } = State::of(&status) {
-                return Ok(ExitCode::from(outcome.exit_status()));
-            }
-            tokio::select! {
-                _ = interrupts.recv() => {
-                    if self.interrupt() {
-                        return Ok(ExitCode::from(INTERRUPTED));
-                    }
-                }
-                () = tokio::time::sleep(pause) => pause = (pause * 2).min(END_POLL_MAX),
-            }
-        }
+/// The exit status a shell would give a local process that ended as the job did.
+fn exit_status(status: &pb::JobStatus) -> ExitCode {
+    match State::of(status) {
+        State::Ended { outcome, .. } => ExitCode::from(outcome.exit_status()),
+        // A final status always says how the job ended; anything else is not a success.
+        State::Running | State::Stopping | State::Unknown(_) => ExitCode::FAILURE,
     }
 }
 
@@ -263,6 +329,7 @@ fn limits(args: &LimitArgs) -> pb::Limits {
         io_read_iops: args.io_read_iops,
         io_write_iops: args.io_write_iops,
         pids: args.pids,
+        output_bytes: args.max_output,
     }
 }
 
@@ -271,15 +338,6 @@ async fn stop_job(connection: &Connection, job_id: String) -> Result<pb::JobStat
         .client
         .clone()
         .stop(pb::StopRequest { job_id })
-        .await?;
-    Ok(response.into_inner().status.unwrap_or_default())
-}
-
-async fn get_status(connection: &Connection, job_id: String) -> Result<pb::JobStatus, Status> {
-    let response = connection
-        .client
-        .clone()
-        .get_status(pb::GetStatusRequest { job_id })
         .await?;
     Ok(response.into_inner().status.unwrap_or_default())
 }

@@ -167,6 +167,17 @@ pub fn status(status: &Status, cert: &Path) -> Failure {
     }
 }
 
+/// Whether `status` is a broken connection rather than the server's answer: worth retrying
+/// once the server is back. A refused certificate is not, however it arrived.
+pub fn is_transient(status: &Status) -> bool {
+    if tls_alert(status).is_some() {
+        return false;
+    }
+    // UNAVAILABLE is what the server says while shutting down and what tonic says when it
+    // cannot connect; a status with a source was made on our side from a broken connection.
+    status.code() == Code::Unavailable || status.source().is_some()
+}
+
 /// Writing the job's output or our own answer failed for a reason other than a closed pipe.
 pub fn write(error: &io::Error) -> Failure {
     Failure::new(format!("cannot write output: {error}"))

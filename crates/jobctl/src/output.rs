@@ -1,10 +1,12 @@
 //! Job statuses as people read them (aligned tables) and as programs read them (JSON).
 //!
 //! The JSON field names are an interface: scripts depend on them, so they change only by
-//! addition. Times are RFC 3339 in UTC, sizes are bytes, absent values are `null`.
+//! addition. Times are RFC 3339 in UTC, durations are seconds (a number), sizes are bytes,
+//! absent values are `null`.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfy_table::{Table, presets};
 use jobworker_api::pb;
@@ -38,7 +40,7 @@ pub fn print_list(
     format: OutputFormat,
 ) -> io::Result<()> {
     let mut jobs: Vec<&pb::JobStatus> = jobs.iter().collect();
-    jobs.sort_by(|a, b| (a.started_at_unix_ms, &a.job_id).cmp(&(b.started_at_unix_ms, &b.job_id)));
+    jobs.sort_by_key(|job| (started(job), &job.job_id));
     match format {
         OutputFormat::Json => {
             let views: Vec<JobView<'_>> = jobs.into_iter().map(JobView::of).collect();
@@ -60,16 +62,25 @@ struct JobView<'a> {
     owner: &'a str,
     command: &'a str,
     args: &'a [String],
-    /// `running`, `stopping`, `exited`, `signaled`, `oom-killed` or `unknown`.
+    /// True in `list` rows whose arguments were cut; `env` is then empty.
+    command_shortened: bool,
+    /// Sorted by name.
+    env: BTreeMap<&'a str, &'a str>,
+    working_dir: &'a str,
+    uid: u32,
+    /// `running`, `stopping`, `exited`, `signaled`, `oom-killed`, `lost` or `unknown`.
     state: &'static str,
     exit_code: Option<i32>,
     /// e.g. `SIGTERM`.
     signal: Option<String>,
     stop_requested: bool,
-    started_at: String,
+    started_at: Option<String>,
     ended_at: Option<String>,
-    cpu_time_usec: Option<u64>,
+    cpu_time_seconds: Option<f64>,
     peak_memory_bytes: Option<u64>,
+    output: Option<OutputView>,
+    /// What is wrong with the job's stored state; `null` when nothing is.
+    note: Option<&'a str>,
     limits: LimitsView,
 }
 
@@ -80,17 +91,39 @@ impl<'a> JobView<'a> {
             owner: &status.owner,
             command: &status.command,
             args: &status.args,
+            command_shortened: status.command_shortened,
+            env: status
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            working_dir: &status.working_dir,
+            uid: status.uid,
             state: State::of(status).kind(),
             exit_code: status.exit_code,
             signal: status.signal.map(signal_name),
             stop_requested: status.stop_requested,
-            started_at: timestamp_ms(status.started_at_unix_ms),
-            ended_at: status.ended_at_unix_ms.map(timestamp_ms),
-            cpu_time_usec: status.cpu_time_usec,
+            started_at: status.started_at.as_ref().map(timestamp_precise),
+            ended_at: status.ended_at.as_ref().map(timestamp_precise),
+            cpu_time_seconds: status.cpu_time.as_ref().map(|d| duration(d).as_secs_f64()),
             peak_memory_bytes: status.peak_memory_bytes,
+            output: status.output.as_ref().map(|o| OutputView {
+                bytes: o.bytes,
+                dropped_bytes: o.dropped_bytes,
+                lost_bytes: o.lost_bytes,
+            }),
+            note: Some(status.note.as_str()).filter(|n| !n.is_empty()),
             limits: LimitsView::of(status.limits.as_ref()),
         }
     }
+}
+
+/// What an ended job's output log holds, in JSON.
+#[derive(Debug, Serialize)]
+struct OutputView {
+    bytes: u64,
+    dropped_bytes: u64,
+    lost_bytes: u64,
 }
 
 /// A job's limits in JSON; `null` is "no limit".
@@ -103,6 +136,7 @@ struct LimitsView {
     io_read_iops: Option<u64>,
     io_write_iops: Option<u64>,
     pids: Option<u64>,
+    output_bytes: Option<u64>,
 }
 
 impl LimitsView {
@@ -115,6 +149,7 @@ impl LimitsView {
             io_read_iops: l.io_read_iops,
             io_write_iops: l.io_write_iops,
             pids: l.pids,
+            output_bytes: l.output_bytes,
         })
     }
 }
@@ -143,7 +178,7 @@ fn list_table(jobs: &[&pb::JobStatus]) -> String {
                 job.job_id.clone(),
                 job.owner.clone(),
                 State::of(job).to_string(),
-                timestamp(job.started_at_unix_ms),
+                started(job).map_or_else(String::new, timestamp),
                 truncate(&command_line(job), LIST_COMMAND_WIDTH),
             ]
         })
@@ -154,23 +189,49 @@ fn list_table(jobs: &[&pb::JobStatus]) -> String {
 fn status_table(job: &pb::JobStatus) -> String {
     let mut rows = vec![
         ("ID:", job.job_id.clone()),
-        ("Owner:", job.owner.clone()),
+        ("Owner:", format!("{} (uid {})", job.owner, job.uid)),
         ("Command:", command_line(job)),
-        ("State:", State::of(job).to_string()),
-        ("Started:", timestamp(job.started_at_unix_ms)),
     ];
-    if let Some(ended) = job.ended_at_unix_ms {
-        let ran = Duration::from_millis(u64::try_from(ended - job.started_at_unix_ms).unwrap_or(0));
-        rows.push((
-            "Ended:",
-            format!("{} (ran {})", timestamp(ended), seconds(ran)),
-        ));
+    if !job.working_dir.is_empty() {
+        rows.push(("Working dir:", job.working_dir.clone()));
     }
-    if let Some(cpu) = job.cpu_time_usec {
-        rows.push(("CPU time:", seconds(Duration::from_micros(cpu))));
+    if !job.env.is_empty() {
+        let mut env: Vec<String> = job
+            .env
+            .iter()
+            .map(|(k, v)| shell_quote(&format!("{k}={v}")))
+            .collect();
+        env.sort();
+        rows.push(("Env:", env.join(" ")));
+    }
+    rows.push(("State:", State::of(job).to_string()));
+    let start = started(job);
+    if let Some(start) = start {
+        rows.push(("Started:", timestamp(start)));
+    }
+    if let Some(end) = job.ended_at.as_ref().map(system_time) {
+        let ran = start.and_then(|s| end.duration_since(s).ok());
+        let ran = ran.map_or_else(String::new, |d| format!(" (ran {})", seconds(d)));
+        rows.push(("Ended:", format!("{}{ran}", timestamp(end))));
+    }
+    if let Some(cpu) = &job.cpu_time {
+        rows.push(("CPU time:", seconds(duration(cpu))));
     }
     if let Some(peak) = job.peak_memory_bytes {
         rows.push(("Peak memory:", bytes(peak)));
+    }
+    if let Some(output) = &job.output {
+        let mut text = bytes(output.bytes);
+        if output.dropped_bytes > 0 {
+            text.push_str(&format!(
+                " ({} more dropped past the output limit)",
+                bytes(output.dropped_bytes)
+            ));
+        }
+        if output.lost_bytes > 0 {
+            text.push_str(&format!(" ({} lost: disk full)", bytes(output.lost_bytes)));
+        }
+        rows.push(("Output:", text));
     }
     if let State::Ended {
         outcome: Outcome::OomKilled,
@@ -178,6 +239,9 @@ fn status_table(job: &pb::JobStatus) -> String {
     } = State::of(job)
     {
         rows.push(("Note:", "the job reached its memory limit".to_owned()));
+    }
+    if !job.note.is_empty() {
+        rows.push(("Note:", job.note.clone()));
     }
     rows.push(("Limits:", limits(job.limits.as_ref())));
     plain_table(
@@ -201,6 +265,7 @@ fn limits(limits: Option<&pb::Limits>) -> String {
         ("memory", l.memory_bytes),
         ("io-read-bps", l.io_read_bps),
         ("io-write-bps", l.io_write_bps),
+        ("max-output", l.output_bytes),
     ];
     for (name, value) in sizes {
         if let Some(value) = value {
@@ -256,22 +321,35 @@ fn truncate(text: &str, width: usize) -> String {
     cut
 }
 
-/// Unix milliseconds as RFC 3339 UTC, to the second: for people.
-fn timestamp(unix_ms: i64) -> String {
-    humantime::format_rfc3339_seconds(system_time(unix_ms)).to_string()
+/// When the job started; `None` only from a server that left it out.
+fn started(job: &pb::JobStatus) -> Option<SystemTime> {
+    job.started_at.as_ref().map(system_time)
 }
 
-/// Unix milliseconds as RFC 3339 UTC, to the millisecond: for programs, which compute
-/// durations from them.
-fn timestamp_ms(unix_ms: i64) -> String {
-    humantime::format_rfc3339_millis(system_time(unix_ms)).to_string()
+/// RFC 3339 UTC, to the second: for people.
+fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
-fn system_time(unix_ms: i64) -> std::time::SystemTime {
-    u64::try_from(unix_ms)
+/// RFC 3339 UTC, to the microsecond: for programs, which compute durations from them.
+fn timestamp_precise(time: &prost_types::Timestamp) -> String {
+    humantime::format_rfc3339_micros(system_time(time)).to_string()
+}
+
+/// A protobuf timestamp as a time; before 1970 (never sent) as the epoch.
+fn system_time(time: &prost_types::Timestamp) -> SystemTime {
+    u64::try_from(time.seconds)
         .ok()
-        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+        .and_then(|t| t.checked_add(Duration::from_nanos(u64::try_from(time.nanos).unwrap_or(0))))
         .unwrap_or(UNIX_EPOCH)
+}
+
+/// A protobuf duration; a negative one (never sent) as zero.
+fn duration(value: &prost_types::Duration) -> Duration {
+    let seconds = u64::try_from(value.seconds).unwrap_or(0);
+    let nanos = u32::try_from(value.nanos).unwrap_or(0);
+    Duration::new(seconds, 0).saturating_add(Duration::from_nanos(u64::from(nanos)))
 }
 
 /// `1.234s`.
@@ -312,9 +390,26 @@ mod tests {
             args: vec!["-c".into(), "exit 3".into()],
             state: pb::JobState::Exited as i32,
             exit_code: Some(3),
-            started_at_unix_ms: 1_700_000_000_000,
-            ended_at_unix_ms: Some(1_700_000_001_500),
-            cpu_time_usec: Some(12_000),
+            uid: 1_879_048_193,
+            working_dir: "/".into(),
+            env: [("GREETING".to_owned(), "hello world".to_owned())].into(),
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            ended_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_001,
+                nanos: 500_000_000,
+            }),
+            cpu_time: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 12_000_000,
+            }),
+            output: Some(pb::OutputSummary {
+                bytes: 2048,
+                dropped_bytes: 0,
+                lost_bytes: 0,
+            }),
             peak_memory_bytes: Some(3 << 20),
             limits: Some(pb::Limits {
                 cpus: Some(0.5),
@@ -344,13 +439,16 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "ID:            7f9c1e2a-3b4d-4e5f-8a6b-9c0d1e2f3a4b\n\
-             Owner:         alice\n\
+             Owner:         alice (uid 1879048193)\n\
              Command:       sh -c 'exit 3'\n\
+             Working dir:   /\n\
+             Env:           'GREETING=hello world'\n\
              State:         exited(3)\n\
              Started:       2023-11-14T22:13:20Z\n\
              Ended:         2023-11-14T22:13:21Z (ran 1.500s)\n\
              CPU time:      0.012s\n\
              Peak memory:   3MiB\n\
+             Output:        2KiB\n\
              Limits:        cpus=0.5 memory=256MiB pids=1024\n"
         );
     }
@@ -365,7 +463,13 @@ mod tests {
         assert_eq!(value["exit_code"], 3);
         assert_eq!(value["signal"], serde_json::Value::Null);
         assert_eq!(value["args"], serde_json::json!(["-c", "exit 3"]));
-        assert_eq!(value["started_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(value["started_at"], "2023-11-14T22:13:20.000000Z");
+        assert_eq!(value["ended_at"], "2023-11-14T22:13:21.500000Z");
+        assert_eq!(value["cpu_time_seconds"], 0.012);
+        assert_eq!(value["env"]["GREETING"], "hello world");
+        assert_eq!(value["working_dir"], "/");
+        assert_eq!(value["output"]["bytes"], 2048);
+        assert_eq!(value["note"], serde_json::Value::Null);
         assert_eq!(value["limits"]["memory_bytes"], 256 << 20);
         assert_eq!(value["limits"]["io_read_bps"], serde_json::Value::Null);
     }
@@ -394,8 +498,19 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_rfc3339() {
-        assert_eq!(timestamp(1_700_000_000_999), "2023-11-14T22:13:20Z");
-        assert_eq!(timestamp_ms(1_700_000_000_999), "2023-11-14T22:13:20.999Z");
-        assert_eq!(timestamp(-5), "1970-01-01T00:00:00Z");
+        let time = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 999_999_999,
+        };
+        assert_eq!(timestamp(system_time(&time)), "2023-11-14T22:13:20Z");
+        assert_eq!(timestamp_precise(&time), "2023-11-14T22:13:20.999999Z");
+        let before_1970 = prost_types::Timestamp {
+            seconds: -5,
+            nanos: 0,
+        };
+        assert_eq!(
+            timestamp_precise(&before_1970),
+            "1970-01-01T00:00:00.000000Z"
+        );
     }
 }

@@ -80,10 +80,12 @@ fn man_pages_are_written_for_every_visible_command() {
             "jobctl-config.1",
             "jobctl-list.1",
             "jobctl-logs.1",
+            "jobctl-rm.1",
             "jobctl-run.1",
             "jobctl-start.1",
             "jobctl-status.1",
             "jobctl-stop.1",
+            "jobctl-wait.1",
             "jobctl.1",
         ]
     );

@@ -20,13 +20,22 @@ fn start_prints_only_the_job_id_and_status_shows_it_running() {
     let keys: Vec<&str> = fields.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(
         keys,
-        ["ID", "Owner", "Command", "State", "Started", "Limits"],
+        [
+            "ID",
+            "Owner",
+            "Command",
+            "Working dir",
+            "State",
+            "Started",
+            "Limits"
+        ],
         "{status}"
     );
     assert_eq!(fields[0].1, id, "{status}");
-    assert_eq!(fields[1].1, "alice", "{status}");
+    assert!(fields[1].1.starts_with("alice (uid "), "{status}");
     assert_eq!(fields[2].1, "sleep 600", "{status}");
-    assert_eq!(fields[3].1, "running", "{status}");
+    assert_eq!(fields[3].1, "/", "{status}");
+    assert_eq!(fields[4].1, "running", "{status}");
 }
 
 /// The `Key: value` lines of `status` output.
@@ -105,7 +114,7 @@ fn stop_ends_the_job_and_prints_its_final_status() {
     let fields = fields(&stopped);
     assert_eq!(fields[0], ("ID".to_owned(), id.clone()), "{stopped}");
     assert_eq!(
-        fields[3],
+        fields[4],
         ("State".to_owned(), "signaled(SIGTERM) (stopped)".to_owned()),
         "{stopped}"
     );
@@ -159,7 +168,13 @@ fn status_json_has_every_documented_field() {
             .is_some_and(|t| t.ends_with('Z')),
         "{status}"
     );
-    assert!(status["cpu_time_usec"].is_u64(), "{status}");
+    assert!(status["cpu_time_seconds"].is_f64(), "{status}");
+    assert_eq!(status["working_dir"], "/", "{status}");
+    assert!(status["env"].is_object(), "{status}");
+    assert!(status["uid"].is_u64(), "{status}");
+    assert_eq!(status["output"]["bytes"], 0, "{status}");
+    assert_eq!(status["output"]["dropped_bytes"], 0, "{status}");
+    assert_eq!(status["note"], serde_json::Value::Null, "{status}");
     assert!(status.get("peak_memory_bytes").is_some(), "{status}");
     assert_eq!(
         status["limits"]["memory_bytes"],
@@ -167,6 +182,11 @@ fn status_json_has_every_documented_field() {
         "binary units: {status}"
     );
     assert_eq!(status["limits"]["cpus"], 0.5, "{status}");
+    assert_eq!(
+        status["limits"]["output_bytes"],
+        1 << 30,
+        "the server's default output limit: {status}"
+    );
 }
 
 #[test]
