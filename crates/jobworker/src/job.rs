@@ -530,7 +530,11 @@ pub(crate) fn conclude(c: Conclusion<'_>) -> (JobRecord, Ended) {
             let state = if init_killed {
                 JobState::Signaled(libc::SIGKILL)
             } else {
-                notes.push("the job ended without recording how (its init was killed)".into());
+                notes.push(
+                    "the job ended without recording how: its init died (killed, or its start \
+                     was cut short by the daemon's end)"
+                        .into(),
+                );
                 JobState::Lost
             };
             let output = match std::fs::File::open(&log_path).and_then(|f| output::scan(&f)) {

@@ -1347,7 +1347,7 @@ struct Prepared {
 }
 
 /// The blocking part of `Worker::new`.
-fn prepare(config: Config, store: StateDir) -> Result<(Prepared, Option<OwnedFd>), Error> {
+fn prepare(mut config: Config, store: StateDir) -> Result<(Prepared, Option<OwnedFd>), Error> {
     check_config(&config)?;
     uids::check_range(config.job_ids)?;
     let id_claim = uids::claim_range(config.job_ids)?;
@@ -1363,8 +1363,22 @@ fn prepare(config: Config, store: StateDir) -> Result<(Prepared, Option<OwnedFd>
     };
     let cgroups = Cgroups::detect(&config.cgroup_parent, &config.jobs_limits)?;
     let max_total_output = match config.max_total_output {
-        Some(bytes) => bytes,
-        None => half_the_filesystem(store.path())?,
+        Some(bytes) => {
+            if let Some(max) = config.max_limits.output_bytes
+                && max > bytes
+            {
+                return Err(Error::Config(format!(
+                    "the output a job may keep ({max} bytes) is above the output kept in all \
+                     ({bytes} bytes): no job could start"
+                )));
+            }
+            bytes
+        }
+        None => {
+            let budget = half_the_filesystem(store.path())?;
+            fit_output_limits(&mut config, budget);
+            budget
+        }
     };
     let mut ids = IdPool::new(config.job_ids);
     let mut ended = Vec::new();
@@ -1538,6 +1552,30 @@ fn check_config(config: &Config) -> Result<(), Error> {
         return Err(Error::Config("job count limits must be at least 1".into()));
     }
     Ok(())
+}
+
+/// On a small state filesystem, lowers the per-job output limits to an eighth of the default
+/// output budget: otherwise a single running job's reservation could exceed the whole budget
+/// and every start would be refused.
+fn fit_output_limits(config: &mut Config, budget: u64) {
+    let fair = budget / 8;
+    for (limits, what) in [
+        (&mut config.max_limits, "maximum"),
+        (&mut config.default_limits, "default"),
+    ] {
+        if let Some(bytes) = limits.output_bytes
+            && bytes > fair
+        {
+            tracing::info!(
+                from = bytes,
+                to = fair,
+                budget,
+                "the {what} output per job is lowered to an eighth of the output budget (half \
+                 the state directory's filesystem)"
+            );
+            limits.output_bytes = Some(fair);
+        }
+    }
 }
 
 /// Half the size of the filesystem holding `path`: the default output budget.

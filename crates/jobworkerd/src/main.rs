@@ -164,11 +164,12 @@ struct ServeArgs {
     #[arg(long, env = "JOBWORKER_MAX_PIDS")]
     max_pids: Option<u64>,
     /// Output a job keeps; requests may ask for less. Output past it is counted and dropped
-    /// while the job runs on.
+    /// while the job runs on. Without --max-total-output, lowered to an eighth of the default
+    /// budget on a small state filesystem (under 16 GiB).
     #[arg(long, env = "JOBWORKER_MAX_JOB_OUTPUT", default_value = "1G", value_parser = parse_bytes)]
     max_job_output: u64,
     /// CPUs of all jobs together, a bound on the jobs' parent cgroup [default: this machine's
-    /// CPUs minus half a CPU (a quarter on machines of one or two)].
+    /// CPUs minus half a CPU for the daemon and the system (a quarter on a one-CPU machine)].
     #[arg(long, env = "JOBWORKER_JOBS_CPUS")]
     jobs_cpus: Option<f64>,
     /// Memory of all jobs together, a bound on the jobs' parent cgroup [default: this machine's
