@@ -334,6 +334,19 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, env = "JOBCTL_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
 
+    /// How long to wait for the server to accept the connection (TCP, TLS handshake, HTTP/2),
+    /// e.g. 5s or 500ms: long enough for a loaded server, short enough that a wrong --server
+    /// is noticed quickly.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBCTL_CONNECT_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub connect_timeout: std::time::Duration,
+
     /// Where each of the values above came from: a stronger source wins over a context.
     #[arg(skip)]
     pub given: Given,
@@ -542,6 +555,16 @@ fn parse_job_id(text: &str) -> Result<String, String> {
              `jobctl start`"
                 .to_owned()
         })
+}
+
+/// A positive duration such as 5s, 500ms or 1m.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!(
+            "expected a duration such as 5s or 500ms, got {text:?}"
+        )),
+    }
 }
 
 /// A positive, finite number of CPUs.

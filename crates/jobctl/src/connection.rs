@@ -11,10 +11,6 @@ use tonic::transport::Channel;
 use crate::error::{self, Failure};
 use crate::settings::Settings;
 
-/// How long we wait for the server before telling the user it is unreachable: long enough for
-/// a loaded server's TLS handshake, short enough that a typo in --server is noticed quickly.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A connected client, and what error messages need to know about the connection.
 pub struct Connection {
     /// The gRPC client; cheap to clone (clones share the connection).
@@ -32,9 +28,9 @@ impl Connection {
                 .map_err(|e| error::tls_files(&e, files))?;
         let cert = files.cert.path.clone();
         let server = &settings.server;
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, jobworker_api::connect(server, config))
+        // Each attempt, the first and every reconnection, within --connect-timeout.
+        let client = jobworker_api::connect_within(server, config, settings.connect_timeout)
             .await
-            .map_err(|_elapsed| error::connect_timeout(server, CONNECT_TIMEOUT.as_secs()))?
             .map_err(|e| error::connect(&e, &cert))?;
         Ok(Connection { client, cert })
     }
@@ -90,7 +86,7 @@ impl Reconnect {
             let _ = writeln!(
                 io::stderr(),
                 "jobctl: lost the connection to the server ({}); reconnecting for up to {}s",
-                error::status(status, &connection.cert).message,
+                error::reason(status),
                 RECONNECT_FOR.as_secs()
             );
             now + RECONNECT_FOR

@@ -127,13 +127,6 @@ pub fn connect(error: &ConnectError, cert: &Path) -> Failure {
     }
 }
 
-/// The connection attempt took longer than we are willing to wait.
-pub fn connect_timeout(server: &str, seconds: u64) -> Failure {
-    unreachable_hint(Failure::new(format!(
-        "timed out connecting to {server} after {seconds}s"
-    )))
-}
-
 /// A call failed with a gRPC status. `cert` is the client certificate in use, for the hint
 /// when the server turns out to refuse it.
 pub fn status(status: &Status, cert: &Path) -> Failure {
@@ -165,6 +158,18 @@ pub fn status(status: &Status, cert: &Path) -> Failure {
             .hint("you may act only on your own jobs; members of the group admin may act on all"),
         _ => failure,
     }
+}
+
+/// Why a call failed, in a few words: the server's message, or for a broken connection the
+/// innermost causes (without the links some libraries append to their messages).
+pub fn reason(status: &Status) -> String {
+    let text = match status.source() {
+        Some(source) => chain(source),
+        None if status.message().is_empty() => status.code().description().to_owned(),
+        None => status.message().to_owned(),
+    };
+    let text = text.split(": https://").next().unwrap_or_default();
+    one_line(text)
 }
 
 /// Whether `status` is a broken connection rather than the server's answer: worth retrying
@@ -286,6 +291,31 @@ mod tests {
             failure,
             Failure::new("cannot execute nosuchcmd: No such file or directory")
         );
+    }
+
+    #[test]
+    fn a_broken_connection_is_transient_and_its_reason_is_short() {
+        let io = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: \
+             https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        );
+        let status = Status::from_error(Box::new(io));
+        assert!(is_transient(&status));
+        assert_eq!(
+            reason(&status),
+            "peer closed connection without sending TLS close_notify"
+        );
+        assert!(is_transient(&Status::unavailable(
+            "the server is shutting down"
+        )));
+        assert!(!is_transient(&Status::not_found("job x not found")));
+        assert!(!is_transient(&Status::from_error(Box::new(
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "received fatal alert: UnknownCA",
+            )
+        ))));
     }
 
     #[test]

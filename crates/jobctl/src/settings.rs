@@ -21,6 +21,8 @@ pub struct Settings {
     pub server: String,
     /// The TLS files, and who named each.
     pub files: TlsFiles,
+    /// How long to wait for the connection (TCP, TLS, HTTP/2).
+    pub connect_timeout: std::time::Duration,
 }
 
 /// The three files of a client's TLS identity, and where each was named; the hints differ.
@@ -191,6 +193,7 @@ impl Settings {
                 cert: choose(cert, user_strength, format!("{user_name}.pem"))?,
                 key: choose(key, user_strength, format!("{user_name}.key"))?,
             },
+            connect_timeout: args.connect_timeout,
         })
     }
 }

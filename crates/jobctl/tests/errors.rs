@@ -212,6 +212,28 @@ fn a_command_that_cannot_be_started_is_refused_with_the_servers_reason() {
 }
 
 #[test]
+fn requests_above_the_nodes_capacity_are_refused_naming_it() {
+    let server = TestServer::start();
+
+    for (flag, value, what) in [("--cpus", "100", "cpus 100"), ("--memory", "1T", "memory")] {
+        let out = server
+            .jobctl()
+            .args(["start", flag, value, "--", "true"])
+            .output()
+            .expect("run jobctl");
+
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("jobctl: error: invalid limit: {what}"))
+                && stderr.contains("is above this node's maximum of"),
+            "{flag}: {stderr}"
+        );
+    }
+    assert_eq!(server.ok(&["list", "--output", "json"]), "[]\n");
+}
+
+#[test]
 fn usage_errors_exit_2_without_contacting_a_server() {
     let cases: [&[&str]; 6] = [
         &["start"],

@@ -386,3 +386,78 @@ fn run_waits_for_a_job_that_closes_its_output_early() {
     assert_eq!(stdout_of(&out), "bye\n");
     assert_eq!(out.status.code(), Some(4), "stderr: {}", stderr_of(&out));
 }
+
+#[test]
+fn wait_prints_the_final_status_and_exits_with_the_jobs_status() {
+    let server = TestServer::start();
+    let id = server.start_job(&["sh", "-c", "sleep 0.2; exit 5"]);
+
+    let out = server
+        .jobctl()
+        .args(["wait", "--output", "json", &id])
+        .output()
+        .expect("run jobctl");
+
+    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("wait JSON");
+    assert_eq!(status["state"], "exited", "{status}");
+    assert_eq!(status["exit_code"], 5, "{status}");
+}
+
+#[test]
+fn rm_refuses_a_running_job_without_force_and_removes_it_with_force() {
+    let server = TestServer::start();
+    let running = server.start_job(&["sleep", "600"]);
+    let ended = server.start_job(&["true"]);
+    server.wait_for_end(&ended);
+
+    let out = server
+        .jobctl()
+        .args(["rm", &running, &ended])
+        .output()
+        .expect("run jobctl");
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(stdout_of(&out), format!("{ended}\n"), "the ended one goes");
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&format!("jobctl: error: job {running} is still running"))
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let removed = server.ok(&["rm", "--force", &running]);
+    assert_eq!(removed, format!("{running}\n"));
+    for id in [&running, &ended] {
+        let out = server
+            .jobctl()
+            .args(["status", id])
+            .output()
+            .expect("run jobctl");
+        assert_eq!(out.status.code(), Some(1), "{id} still there");
+    }
+}
+
+#[test]
+fn list_state_filters_select_jobs_by_state() {
+    let server = TestServer::start();
+    let running = server.start_job(&["sleep", "600"]);
+    let exited = server.start_job(&["sh", "-c", "exit 3"]);
+    server.wait_for_end(&exited);
+
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["list", "--output", "json"];
+        all.extend_from_slice(args);
+        let out = server.ok(&all);
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(&out).expect("list JSON");
+        jobs.iter()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(ids(&["--state", "running"]), std::slice::from_ref(&running));
+    assert_eq!(ids(&["--state", "exited"]), std::slice::from_ref(&exited));
+    assert_eq!(
+        ids(&["--state", "exited", "--state", "running"]),
+        [running, exited]
+    );
+    assert!(ids(&["--state", "oom-killed"]).is_empty());
+}

@@ -17,7 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::pb::job_worker_client::JobWorkerClient;
 
-/// The most one connection attempt (TCP connect and TLS handshake) may take.
+/// The most one connection attempt (TCP connect and TLS handshake) may take, unless the caller
+/// says otherwise ([`connect_within`]).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why no connection to the server could be made.
@@ -81,10 +82,20 @@ pub async fn connect(
     endpoint: &str,
     config: Arc<ClientConfig>,
 ) -> Result<JobWorkerClient<Channel>, ConnectError> {
+    connect_within(endpoint, config, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`], with each connection attempt (the first and every reconnection) bounded by
+/// `timeout` instead of [`CONNECT_TIMEOUT`].
+pub async fn connect_within(
+    endpoint: &str,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<JobWorkerClient<Channel>, ConnectError> {
     let target = Target::parse(endpoint)?;
     let connector = TlsConnector::from(config);
 
-    let mut first = Some(dial(&target, &connector).await?);
+    let mut first = Some(dial(&target, &connector, timeout).await?);
     let dial_target = target.clone();
     let make_connection = tower::service_fn(move |_: Uri| {
         let ready = first.take();
@@ -93,7 +104,7 @@ pub async fn connect(
         async move {
             let stream = match ready {
                 Some(stream) => stream,
-                None => dial(&target, &connector).await?,
+                None => dial(&target, &connector, timeout).await?,
             };
             Ok::<_, ConnectError>(TokioIo::new(stream))
         }
@@ -187,10 +198,11 @@ impl Target {
     }
 }
 
-/// One TCP connection and TLS handshake, bounded by [`CONNECT_TIMEOUT`].
+/// One TCP connection and TLS handshake, bounded by `timeout`.
 async fn dial(
     target: &Target,
     connector: &TlsConnector,
+    timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect((target.host.as_str(), target.port))
@@ -215,11 +227,11 @@ async fn dial(
             source,
         })
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+    tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_elapsed| ConnectError::Timeout {
             address: target.address.clone(),
-            timeout: CONNECT_TIMEOUT,
+            timeout,
         })?
 }
 

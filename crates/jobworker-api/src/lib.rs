@@ -46,7 +46,7 @@ pub mod pb {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/jobworker_descriptor.bin"));
 
-pub use client::{ConnectError, connect};
+pub use client::{ConnectError, connect, connect_within};
 pub use identity::{Identity, IdentityError};
 pub use incoming::{HandshakeError, HandshakeFailure, TlsIncoming, handshake, tls_incoming};
 pub use tls::{TlsError, client_config, server_config};

@@ -64,6 +64,8 @@ pub struct DaemonOptions {
     cgroup_parent: Option<String>,
     /// The `--job-ids` range; a random one of 64 ids unless set.
     job_ids: Option<String>,
+    /// The `--listen` address; a free loopback port unless set.
+    listen: Option<SocketAddr>,
     /// More `serve` flags.
     args: Vec<OsString>,
     /// More environment variables.
@@ -89,6 +91,13 @@ impl DaemonOptions {
     /// jobs of a first.
     pub fn job_ids(mut self, range: &str) -> Self {
         self.job_ids = Some(range.to_owned());
+        self
+    }
+
+    /// Listens on `address`, e.g. a daemon taking over from one that crashed, at the address
+    /// its clients reconnect to.
+    pub fn listen(mut self, address: SocketAddr) -> Self {
+        self.listen = Some(address);
         self
     }
 
@@ -155,7 +164,11 @@ impl DaemonOptions {
         command
             .env_remove("NOTIFY_SOCKET")
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(
+                self.listen
+                    .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+            )
             .arg("--ca")
             .arg(self.pki_dir.join("ca.pem"))
             .arg("--cert")
@@ -225,7 +238,9 @@ impl DaemonOptions {
 /// and a cgroup parent of its own (so tests may run in parallel).
 ///
 /// Dropping it stops it as its service manager would (SIGTERM, then SIGKILL after a timeout)
-/// and removes whatever cgroups a killed daemon left behind.
+/// and removes whatever a killed (or `--live-restore`) daemon left behind below its cgroup
+/// parent: the processes in those cgroups are SIGKILLed, the cgroups removed. So when a test
+/// starts a second daemon on the same cgroup parent, it drops the second one first.
 pub struct Daemon {
     /// `None` once the process has been reaped.
     child: Option<Child>,
@@ -259,6 +274,7 @@ impl Daemon {
             state_dir: None,
             cgroup_parent: None,
             job_ids: None,
+            listen: None,
             args: Vec::new(),
             env: Vec::new(),
             wrapper: None,
@@ -343,11 +359,19 @@ impl Daemon {
         Some(status)
     }
 
-    /// Removes the cgroups named after this daemon's parent that are empty: what a killed
-    /// daemon leaves behind. Best effort; a cgroup that still has processes stays.
+    /// Removes the cgroups named after this daemon's parent, killing what runs in them: what
+    /// a killed or `--live-restore` daemon leaves behind. Best effort.
     fn remove_leftover_cgroups(&self) {
-        for mount in cgroup_mounts() {
-            remove_named(&mount, &self.cgroup_parent, 0);
+        let parents = cgroups_named(&self.cgroup_parent);
+        for parent in &parents {
+            kill_all_below(parent);
+        }
+        for parent in parents {
+            // Killed processes leave their cgroups once the kernel has reaped them.
+            eventually_blocking(Duration::from_secs(5), || {
+                remove_tree(&parent);
+                !parent.exists()
+            });
         }
     }
 }
@@ -413,8 +437,29 @@ fn cgroup_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes every directory named `name` below `dir` (a few levels deep), innermost first.
-fn remove_named(dir: &Path, name: &str, depth: usize) {
+/// Every cgroup directory named `name`, in every hierarchy (one on v2, one per controller set
+/// on v1): where a daemon given `--cgroup-parent name` keeps its jobs' cgroups.
+pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for mount in cgroup_mounts() {
+        find_named(&mount, name, 0, &mut found);
+    }
+    found
+}
+
+/// The job cgroups below the daemon's parent `name`: their names (job ids), over every
+/// hierarchy.
+pub fn job_cgroups(name: &str) -> std::collections::BTreeSet<String> {
+    cgroups_named(name)
+        .iter()
+        .filter_map(|parent| std::fs::read_dir(parent).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn find_named(dir: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
     // The daemon's cgroup is the test's, rarely deeper than a few levels below a mount.
     const MAX_DEPTH: usize = 6;
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -426,9 +471,25 @@ fn remove_named(dir: &Path, name: &str, depth: usize) {
             continue;
         }
         if entry.file_name() == name {
-            remove_tree(&path);
+            found.push(path);
         } else if depth < MAX_DEPTH {
-            remove_named(&path, name, depth + 1);
+            find_named(&path, name, depth + 1, found);
+        }
+    }
+}
+
+/// SIGKILLs every process in `dir` and the cgroups below it.
+fn kill_all_below(dir: &Path) {
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_all_below(&entry.path());
+            }
         }
     }
 }

@@ -17,6 +17,6 @@ mod daemon;
 mod pki;
 mod poll;
 
-pub use daemon::{Daemon, DaemonOptions, jobworkerd, random_job_ids};
+pub use daemon::{Daemon, DaemonOptions, cgroups_named, job_cgroups, jobworkerd, random_job_ids};
 pub use pki::{Pki, chain_and_key, client_leaf};
 pub use poll::{eventually, eventually_blocking};

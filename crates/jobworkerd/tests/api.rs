@@ -402,3 +402,401 @@ async fn output_travels_in_messages_small_enough_not_to_pin_memory_in_idle_strea
     );
     t.finish().await;
 }
+
+/// What a whole output stream carried: each chunk's offset and bytes, and its last frame.
+struct Streamed {
+    chunks: Vec<(u64, Vec<u8>)>,
+    end: Option<pb::OutputEnd>,
+    error: Option<tonic::Status>,
+}
+
+impl Streamed {
+    fn bytes(&self) -> Vec<u8> {
+        self.chunks.iter().flat_map(|(_, d)| d.clone()).collect()
+    }
+}
+
+async fn stream_from(
+    client: &mut JobWorkerClient<Channel>,
+    id: &str,
+    offset: u64,
+    streams: Vec<i32>,
+) -> Result<Streamed, tonic::Status> {
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id.into(),
+            streams,
+            offset,
+        })
+        .await?
+        .into_inner();
+    let mut streamed = Streamed {
+        chunks: Vec::new(),
+        end: None,
+        error: None,
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                assert!(streamed.end.is_none(), "a frame after OutputEnd");
+                match message.frame {
+                    Some(pb::stream_output_response::Frame::Chunk(c)) => {
+                        streamed.chunks.push((c.offset, c.data.to_vec()))
+                    }
+                    Some(pb::stream_output_response::Frame::End(end)) => streamed.end = Some(*end),
+                    None => panic!("an empty frame"),
+                }
+            }
+            Ok(None) => return Ok(streamed),
+            Err(e) => {
+                streamed.error = Some(e);
+                return Ok(streamed);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_resume_at_any_offset_and_end_with_the_final_status() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    // Both streams interleaved, several chunks' worth.
+    let script =
+        "i=0; while [ $i -lt 3000 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done; exit 7";
+    let id = start(&mut alice, "/bin/sh", &["-c", script]).await;
+
+    let whole = stream_from(&mut alice, &id, 0, vec![])
+        .await
+        .expect("stream");
+    assert!(whole.error.is_none(), "{:?}", whole.error);
+    let mut expected_offset = 0;
+    for (offset, data) in &whole.chunks {
+        assert_eq!(*offset, expected_offset, "chunks are contiguous");
+        expected_offset += data.len() as u64;
+    }
+    let end = whole.end.clone().expect("the last frame is OutputEnd");
+    assert!(!end.truncated);
+    let status = end.status.expect("final status");
+    assert_eq!(status.state, pb::JobState::Exited as i32);
+    assert_eq!(status.exit_code, Some(7));
+    assert_eq!(status.signal, None);
+    let output = status.output.expect("output summary");
+    assert_eq!(output.bytes, expected_offset, "{output:?}");
+    assert_eq!(output.dropped_bytes, 0);
+    let all = whole.bytes();
+    let text = String::from_utf8(all.clone()).expect("text");
+    assert!(text.contains("out 2999\n") && text.contains("err 2999\n"));
+
+    // From any offset: exactly the rest, no gap, no duplicate.
+    for from in [
+        1,
+        4095,
+        4096,
+        12 * 1024 + 3,
+        all.len() as u64 - 1,
+        all.len() as u64,
+    ] {
+        let rest = stream_from(&mut alice, &id, from, vec![])
+            .await
+            .expect("stream");
+        assert!(rest.error.is_none(), "from {from}: {:?}", rest.error);
+        assert_eq!(rest.bytes(), all[from as usize..], "from {from}");
+        if let Some((first, _)) = rest.chunks.first() {
+            assert_eq!(*first, from);
+        }
+        assert!(rest.end.is_some(), "from {from}: no OutputEnd");
+    }
+    let past = stream_from(&mut alice, &id, all.len() as u64 + 1, vec![])
+        .await
+        .map(|s| s.error)
+        .unwrap_or_else(Some)
+        .expect("an offset past the end is refused");
+    assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
+
+    // One stream: its bytes, at their positions in the whole output.
+    let stderr = stream_from(&mut alice, &id, 0, vec![pb::OutputStream::Stderr as i32])
+        .await
+        .expect("stream");
+    for (offset, data) in &stderr.chunks {
+        let at = *offset as usize;
+        assert_eq!(
+            &all[at..at + data.len()],
+            &data[..],
+            "stderr chunk at {offset}"
+        );
+    }
+    let stderr_text = String::from_utf8(stderr.bytes()).expect("text");
+    assert!(stderr_text.lines().all(|l| l.starts_with("err ")));
+    assert_eq!(stderr_text.lines().count(), 3000);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_the_final_status_once_the_job_ends() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let mut bob = t.client("bob").await;
+    // The job's own short sleep makes Wait actually wait; the test syncs on Wait alone.
+    let id = start(&mut alice, "/bin/sh", &["-c", "sleep 0.3; exit 4"]).await;
+    let err = bob
+        .wait(pb::WaitRequest { job_id: id.clone() })
+        .await
+        .expect_err("bob waits for alice's job");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let status = alice
+        .wait(pb::WaitRequest { job_id: id.clone() })
+        .await
+        .expect("wait")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(status.state, pb::JobState::Exited as i32);
+    assert_eq!(status.exit_code, Some(4));
+    let started = status.started_at.expect("started_at");
+    let ended = status.ended_at.expect("ended_at");
+    assert!(
+        (ended.seconds, ended.nanos) > (started.seconds, started.nanos),
+        "{started:?} {ended:?}"
+    );
+    assert!(status.cpu_time.is_some(), "cpu_time once ended");
+    // Waiting for an ended job answers at once.
+    let again = alice
+        .wait(pb::WaitRequest { job_id: id })
+        .await
+        .expect("wait again")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(again.exit_code, Some(4));
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_refuses_running_jobs_unless_forced_and_forgets_the_job() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let mut bob = t.client("bob").await;
+    let mut admin = t.client("admin").await;
+    let running = start(&mut alice, "/bin/sleep", &["1000"]).await;
+    let ended = start(&mut alice, "/bin/sh", &["-c", "echo bye"]).await;
+    alice
+        .wait(pb::WaitRequest {
+            job_id: ended.clone(),
+        })
+        .await
+        .expect("wait");
+
+    let remove = |id: &str, force: bool| pb::RemoveRequest {
+        job_id: id.to_owned(),
+        force,
+    };
+    let err = alice
+        .remove(remove(&running, false))
+        .await
+        .expect_err("a running job");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("--force"), "{}", err.message());
+    let err = bob
+        .remove(remove(&ended, true))
+        .await
+        .expect_err("bob removes alice's job");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A reader of the job being removed gets everything and a normal end.
+    let mut reader = alice
+        .stream_output(pb::StreamOutputRequest {
+            job_id: running.clone(),
+            streams: vec![],
+            offset: 0,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    admin
+        .remove(remove(&running, true))
+        .await
+        .expect("admin force-removes");
+    let last = loop {
+        match reader.message().await {
+            Ok(Some(message)) if message.end().is_some() => break message,
+            Ok(Some(_)) => continue,
+            other => panic!("the reader of a removed job ended with {other:?}"),
+        }
+    };
+    let last = last.end().and_then(|e| e.status.clone()).expect("status");
+    assert!(last.stop_requested, "{last:?}");
+    assert_eq!(last.state, pb::JobState::Signaled as i32);
+
+    alice
+        .remove(remove(&ended, false))
+        .await
+        .expect("remove an ended job");
+    for id in [&running, &ended] {
+        let err = status(&mut alice, id).await.expect_err("removed");
+        assert_eq!(err.code(), Code::NotFound);
+        let dir = t.state_dir.path().join("jobs").join(id);
+        assert!(!dir.exists(), "{} left after removal", dir.display());
+    }
+    t.finish().await;
+}
+
+/// Every page of `request`, following the tokens.
+async fn list_all(
+    client: &mut JobWorkerClient<Channel>,
+    mut request: pb::ListRequest,
+) -> Result<(Vec<pb::JobStatus>, usize), tonic::Status> {
+    let mut jobs = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = client.list(request.clone()).await?.into_inner();
+        pages += 1;
+        assert!(
+            request.page_size == 0 || page.jobs.len() <= request.page_size as usize,
+            "a page larger than asked"
+        );
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok((jobs, pages));
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_through_every_job_once_oldest_first_and_filters() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let mut bob = t.client("bob").await;
+    let mut admin = t.client("admin").await;
+    let mut ended = Vec::new();
+    for _ in 0..7 {
+        let id = start(&mut alice, "/bin/true", &[]).await;
+        alice
+            .wait(pb::WaitRequest { job_id: id.clone() })
+            .await
+            .expect("wait");
+        ended.push(id);
+    }
+    let running = start(&mut alice, "/bin/sleep", &["1000"]).await;
+    let bobs = start(&mut bob, "/bin/sleep", &["1000"]).await;
+
+    let (jobs, pages) = list_all(
+        &mut alice,
+        pb::ListRequest {
+            page_size: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("list");
+    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    let mut expected: Vec<&str> = ended.iter().map(String::as_str).collect();
+    expected.push(&running);
+    assert_eq!(ids, expected, "every job once, oldest first");
+    assert_eq!(pages, 3);
+
+    let running_only = pb::ListRequest {
+        states: vec![pb::JobState::Running as i32],
+        ..Default::default()
+    };
+    let (jobs, _) = list_all(&mut alice, running_only.clone())
+        .await
+        .expect("list");
+    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, [running.as_str()]);
+    let (jobs, _) = list_all(
+        &mut alice,
+        pb::ListRequest {
+            states: vec![pb::JobState::Exited as i32],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("list");
+    assert_eq!(jobs.len(), 7);
+
+    let (jobs, _) = list_all(
+        &mut admin,
+        pb::ListRequest {
+            owner: "bob".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("admin lists bob's");
+    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, [bobs.as_str()]);
+
+    let refused = |request: pb::ListRequest| {
+        let mut client = alice.clone();
+        async move { client.list(request).await.expect_err("refused").code() }
+    };
+    assert_eq!(
+        refused(pb::ListRequest {
+            owner: "bob".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        refused(pb::ListRequest {
+            page_size: 1001,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        refused(pb::ListRequest {
+            page_token: "forged".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        refused(pb::ListRequest {
+            states: vec![42],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument
+    );
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rows_shorten_huge_command_lines_so_a_page_always_fits() {
+    let t = TestServer::start().await;
+    let mut bob = t.client("bob").await;
+    let mut admin = t.client("admin").await;
+    // Five jobs with nearly 1 MiB of arguments each: 5 MiB of command lines, more than a
+    // message may carry (4 MiB).
+    let arg = "a".repeat(100 * 1024);
+    let args: Vec<&str> = std::iter::repeat_n(arg.as_str(), 9).collect();
+    for _ in 0..5 {
+        let mut request = start_req("/bin/true", &args);
+        request.env.insert("BIG".into(), "e".repeat(64 * 1024));
+        bob.start(request).await.expect("start");
+    }
+    for client in [&mut bob, &mut admin] {
+        let (jobs, _) = list_all(client, pb::ListRequest::default())
+            .await
+            .expect("list");
+        assert_eq!(jobs.len(), 5);
+        for job in &jobs {
+            assert!(job.command_shortened, "{}", job.job_id);
+            assert!(job.env.is_empty());
+            let size: usize = job.args.iter().map(String::len).sum();
+            assert!(size <= 1024, "{size} bytes of arguments in a list row");
+        }
+        let whole = status(client, &jobs[0].job_id).await.expect("status");
+        assert!(!whole.command_shortened);
+        assert_eq!(whole.args.len(), 9);
+        assert_eq!(whole.args[8], arg);
+        assert_eq!(whole.env["BIG"].len(), 64 * 1024);
+    }
+    t.finish().await;
+}

@@ -175,21 +175,26 @@ fn processes_with(marker: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups() {
+async fn jobs_die_with_a_killed_daemon_and_the_next_lists_them_as_lost_and_removes_their_cgroups() {
     let pki = Pki::dev();
     let state = tempfile::tempdir().expect("state dir");
     let mut daemon = Daemon::options(pki.dir()).state_dir(state.path()).start();
     let parent = daemon.cgroup_parent().to_owned();
     let mut client = connect(&daemon, &pki, "alice").await;
     let marker = "1000.424242";
-    client
+    let id = client
         .start(pb::StartRequest {
-            command: "/bin/sleep".into(),
-            args: vec![marker.into()],
+            command: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("echo before the crash; exec sleep {marker}"),
+            ],
             ..Default::default()
         })
         .await
-        .expect("start");
+        .expect("start")
+        .into_inner()
+        .job_id;
     assert!(processes_with(marker) > 0, "the job runs");
 
     // A crash: no chance to stop anything.
@@ -225,6 +230,30 @@ async fn jobs_die_with_a_killed_daemon_and_the_next_start_removes_their_cgroups(
         .state_dir(state.path())
         .cgroup_parent(&parent)
         .start();
+    // The job is remembered, as lost, never as running; its output is kept.
+    let mut client = connect(&next, &pki, "alice").await;
+    let status = client
+        .get_status(pb::GetStatusRequest { job_id: id.clone() })
+        .await
+        .expect("the job survives in the history")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(status.state, pb::JobState::Lost as i32, "{status:?}");
+    assert!(status.note.contains("daemon"), "{}", status.note);
+    assert_eq!((status.exit_code, status.signal), (None, None));
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id,
+            streams: vec![],
+            offset: 0,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.message().await.expect("message").expect("chunk");
+    assert_eq!(first.data(), b"before the crash\n");
+    drop(client);
     let exit = next.terminate();
     assert_eq!(exit.code(), Some(0));
     assert_eq!(
@@ -556,4 +585,130 @@ fn serve_raises_the_soft_open_file_limit_to_the_hard_limit() {
         "{open_files}"
     );
     assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+/// Reads a whole output stream; returns the bytes and the final status.
+async fn read_to_end(
+    client: &mut JobWorkerClient<Channel>,
+    id: &str,
+) -> (Vec<u8>, Option<pb::JobStatus>) {
+    let mut stream = client
+        .stream_output(pb::StreamOutputRequest {
+            job_id: id.into(),
+            streams: vec![],
+            offset: 0,
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let (mut bytes, mut end) = (Vec::new(), None);
+    while let Some(message) = stream.message().await.expect("message") {
+        bytes.extend_from_slice(message.data());
+        if let Some(last) = message.end() {
+            end = last.status.clone();
+        }
+    }
+    (bytes, end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_history_survives_a_restart_and_stays_removable() {
+    let pki = Pki::dev();
+    let state = tempfile::tempdir().expect("state dir");
+    let mut first = Daemon::options(pki.dir()).state_dir(state.path()).start();
+    let mut client = connect(&first, &pki, "alice").await;
+    let start = |script: &str| pb::StartRequest {
+        command: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    };
+    let ended = client
+        .start(start("head -c 300000 /dev/urandom | od -An -tx1; exit 6"))
+        .await
+        .expect("start")
+        .into_inner()
+        .job_id;
+    let (before, status_before) = read_to_end(&mut client, &ended).await;
+    let status_before = status_before.expect("final status");
+    let running = client
+        .start(start("echo up; exec sleep 1000"))
+        .await
+        .expect("start")
+        .into_inner()
+        .job_id;
+    drop(client);
+    // Without --live-restore, SIGTERM stops the running job before the daemon exits.
+    assert_eq!(first.terminate().code(), Some(0), "{}", first.log());
+
+    let second = Daemon::options(pki.dir())
+        .state_dir(state.path())
+        .cgroup_parent(first.cgroup_parent())
+        .start();
+    let mut client = connect(&second, &pki, "alice").await;
+    let listed = client
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    let ids: Vec<&str> = listed.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [ended.as_str(), running.as_str()],
+        "both, oldest first"
+    );
+
+    let (after, status_after) = read_to_end(&mut client, &ended).await;
+    assert_eq!(after, before, "the output, byte for byte, from byte 0");
+    let status_after = status_after.expect("final status");
+    assert_eq!(status_after.exit_code, Some(6));
+    for (name, a, b) in [
+        (
+            "started_at",
+            &status_before.started_at,
+            &status_after.started_at,
+        ),
+        ("ended_at", &status_before.ended_at, &status_after.ended_at),
+    ] {
+        assert_eq!(a, b, "{name} is the one recorded");
+    }
+    assert_eq!(status_before.cpu_time, status_after.cpu_time);
+    assert_eq!(status_before.output, status_after.output);
+
+    let stopped = client
+        .get_status(pb::GetStatusRequest {
+            job_id: running.clone(),
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(stopped.state, pb::JobState::Signaled as i32, "{stopped:?}");
+    assert!(
+        stopped.stop_requested,
+        "stopped by the shutdown: {stopped:?}"
+    );
+    let (up, _) = read_to_end(&mut client, &running).await;
+    assert_eq!(up, b"up\n");
+
+    for id in [&ended, &running] {
+        client
+            .remove(pb::RemoveRequest {
+                job_id: id.clone(),
+                force: false,
+            })
+            .await
+            .expect("remove after the restart");
+    }
+    let left = client
+        .list(pb::ListRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert!(left.is_empty(), "{left:?}");
+    drop(client);
+    drop(second);
+    drop(first);
 }

@@ -27,6 +27,7 @@ pub const JOBCTL: &str = env!("CARGO_BIN_EXE_jobctl");
 pub const NO_HOME: &str = "/nonexistent/jobctl-test-home";
 
 /// Environment variables that must not leak from the developer's shell into a test.
+/// JOBCTL_CONNECT_TIMEOUT is let through: the cgroup v2 guest, emulated, needs a longer one.
 const JOBCTL_ENV: [&str; 11] = [
     "JOBCTL_SERVER",
     "JOBCTL_PKI_DIR",
