@@ -561,3 +561,24 @@ async fn ipc_namespace_is_private() {
     assert_eq!(out.trim(), "0");
     w.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_starts_with_the_usual_open_file_limit_whatever_the_daemons() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // The daemon raises its own soft limit to the hard one at start-up; do the same here.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the soft limit");
+    let w = worker().await;
+
+    let (out, status) = w
+        .run_with(sh("ulimit -Sn; ulimit -Hn"), Limits::default())
+        .await;
+
+    assert_eq!(exited(&status), 0, "{status:?}");
+    assert_eq!(
+        out,
+        format!("{}\n{hard}\n", 1024.min(hard)),
+        "soft, then hard"
+    );
+    w.finish().await;
+}

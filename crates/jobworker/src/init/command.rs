@@ -136,6 +136,13 @@ fn become_command(
             Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         );
     }
+    // The daemon raises its soft limit on open files to the hard one; a job starts with the
+    // usual 1024 instead, as a login shell or a systemd service would: select() cannot use
+    // descriptors above 1023, and some programs close every possible descriptor before
+    // exec, which takes seconds at half a million. The job may raise it up to the hard limit.
+    if let Err(e) = usual_open_file_limit() {
+        return (Stage::Fork, e);
+    }
     // Its own session: no controlling terminal to inject input into, and the init's
     // kill(-1) reaches it like any other process of the job.
     if let Err(e) = nix::unistd::setsid() {
@@ -176,6 +183,17 @@ fn become_command(
         }
     }
     (Stage::ExecCommand, errno)
+}
+
+/// The soft RLIMIT_NOFILE at 1024 (or the hard limit, if lower); the hard limit unchanged.
+fn usual_open_file_limit() -> Result<(), Errno> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const USUAL: u64 = 1024;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft <= USUAL {
+        return Ok(());
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, USUAL.min(hard), hard)
 }
 
 /// Signal state as a fresh process has it: nothing blocked, every disposition the default
