@@ -39,8 +39,9 @@ pub struct Config {
     /// Where job records and output are kept (created 0700, made 0700 if it exists).
     pub state_dir: PathBuf,
     /// The program exec'd as each job's init; it must call [`crate::init::run_if_requested`]
-    /// first thing. `None`: `jobworker-init` next to the running executable if there is one
-    /// (small, so it starts fast), else the running executable itself.
+    /// first thing. `None`: `jobworker-init` next to the running executable or in
+    /// `../libexec/jobworker/` if there is one (small, so it starts fast), else the running
+    /// executable itself.
     pub init_program: Option<PathBuf>,
     /// Parent of the job cgroups: relative to the worker's own cgroup, or absolute within each
     /// hierarchy.
@@ -1589,16 +1590,27 @@ fn half_the_filesystem(path: &Path) -> Result<u64, Error> {
     Ok(stat.blocks() * stat.fragment_size() / 2)
 }
 
-/// The init program: the configured one, `jobworker-init` beside this executable, or this
-/// executable. Opened once, at a descriptor number above the init's own.
+/// The init program: the configured one, `jobworker-init` beside this executable or in
+/// `../libexec/jobworker/`, or this executable. Opened once, at a descriptor number above the init's own.
 fn open_init_program(configured: Option<&Path>) -> Result<OwnedFd, Error> {
     let path = match configured {
         Some(path) => path.to_owned(),
         None => {
             let me = std::env::current_exe()
                 .map_err(|e| Error::io("cannot find the running executable", e))?;
+            // Beside it (a build tree), or where a package puts helpers (/usr/bin/jobworkerd
+            // and /usr/libexec/jobworker/jobworker-init).
             let beside = me.with_file_name(crate::protocol::INIT_ARG0);
-            if beside.is_file() { beside } else { me }
+            let libexec = me.parent().and_then(Path::parent).map(|prefix| {
+                prefix
+                    .join("libexec/jobworker")
+                    .join(crate::protocol::INIT_ARG0)
+            });
+            [Some(beside), libexec]
+                .into_iter()
+                .flatten()
+                .find(|path| path.is_file())
+                .unwrap_or(me)
         }
     };
     let file = OpenOptions::new()
