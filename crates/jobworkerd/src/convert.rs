@@ -244,8 +244,15 @@ pub fn to_status(err: Error) -> Status {
         | Cgroup(_)
         | Io { .. }
         | Output(OutputError::Read { .. }) => {
-            tracing::error!("internal error: {err}");
-            Status::internal(format!("the server failed: {err}"))
+            // The cause names host paths and kernel errors: for the operator's log, not for
+            // the client, who gets a reference to it.
+            let incident = uuid::Uuid::new_v4().simple().to_string();
+            let incident = incident.get(..12).unwrap_or_default();
+            tracing::error!(incident, "internal error: {err}");
+            Status::internal(format!(
+                "the server failed (incident {incident}); its operator finds the cause in the \
+                 server's log"
+            ))
         }
     }
 }
@@ -302,6 +309,26 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_errors_tell_the_client_no_host_detail() {
+        let err = Error::Io {
+            context: "cannot create /var/lib/jobworker/jobs/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let status = to_status(err);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().contains("incident"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("/var/lib"),
+            "{}",
+            status.message()
+        );
+    }
 
     #[test]
     fn page_sizes_default_and_cap() {
