@@ -8,36 +8,36 @@ mod common;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Pki, jobctl, read_until, stderr_of, stdout_of, wait_with_timeout};
 use jobworker_testkit::{Daemon, eventually_blocking, job_cgroups};
 
-/// How many ticks the ticker prints, one per 100 ms: long enough to span the restart.
-const TICKS: usize = 80;
+/// The ticker: a line every 100 ms until the test creates /data/stop, then a last line.
+const TICKER: &str = "i=0; while [ ! -e /data/stop ]; do echo tick $i; i=$((i+1)); sleep 0.1; \
+                      done; echo last";
 
-fn jobctl_at(daemon: &Daemon, pki: &Pki) -> Command {
-    let mut command = jobctl();
-    command
+/// `jobctl ARGS` against `daemon` as alice; asserts success (with the daemon's log if not).
+fn ok(daemon: &Daemon, pki: &Pki, args: &[&str]) -> String {
+    let out = jobctl()
         .env("JOBCTL_SERVER", daemon.address().to_string())
-        .env("JOBCTL_PKI_DIR", pki.dir());
-    command
-}
-
-fn ok(mut command: Command, args: &[&str]) -> String {
-    let out = command.args(args).output().expect("run jobctl");
+        .env("JOBCTL_PKI_DIR", pki.dir())
+        .args(args)
+        .output()
+        .expect("run jobctl");
     assert_eq!(
         out.status.code(),
         Some(0),
-        "jobctl {args:?}: {}",
-        stderr_of(&out)
+        "jobctl {args:?}: {}\nthe daemon's log:\n{}",
+        stderr_of(&out),
+        daemon.log()
     );
     stdout_of(&out)
 }
 
 fn status(daemon: &Daemon, pki: &Pki, id: &str) -> serde_json::Value {
-    let out = ok(jobctl_at(daemon, pki), &["status", "--output", "json", id]);
+    let out = ok(daemon, pki, &["status", "--output", "json", id]);
     serde_json::from_str(&out).expect("status JSON")
 }
 
@@ -73,14 +73,12 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
         .arg("--live-restore")
         .start();
 
-    let script =
-        format!("i=0; while [ $i -lt {TICKS} ]; do echo tick $i; i=$((i+1)); sleep 0.1; done");
     let start = |args: &[&str]| {
         let mut all = vec!["start", "--"];
         all.extend_from_slice(args);
-        ok(jobctl_at(&first, &pki), &all).trim_end().to_owned()
+        ok(&first, &pki, &all).trim_end().to_owned()
     };
-    let ticker = start(&["sh", "-c", &script]);
+    let ticker = start(&["sh", "-c", TICKER]);
     let sleeper = start(&["sleep", "600"]);
     // Ends when the test says so, through the read-only /data bind, while no daemon runs.
     let ender = start(&[
@@ -89,7 +87,9 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
         "while [ ! -e /data/go ]; do sleep 0.05; done; echo bye; exit 3",
     ]);
 
-    let mut follower = jobctl_at(&first, &pki)
+    let mut follower = jobctl()
+        .env("JOBCTL_SERVER", first.address().to_string())
+        .env("JOBCTL_PKI_DIR", pki.dir())
         .args(["logs", &ticker])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -122,8 +122,16 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
         .arg("--live-restore")
         .start();
     let restarted_at = started.elapsed();
+    // A few more ticks under the new daemon, then the ticker ends.
+    for _ in 0..3 {
+        assert!(
+            kept_without_daemon(&ticker, state.path()),
+            "the ticker ticks on"
+        );
+    }
+    std::fs::write(first.data_dir().join("stop"), b"").expect("tell the ticker to end");
 
-    let exit = wait_with_timeout(&mut follower, Duration::from_secs(60));
+    let exit = wait_with_timeout(&mut follower, Duration::from_secs(120));
     stdout
         .read_to_end(&mut seen)
         .expect("the rest of the follower's output");
@@ -134,19 +142,27 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
         .expect("stderr")
         .read_to_string(&mut follower_stderr)
         .expect("the follower's stderr");
-    let expected: String = (0..TICKS).map(|i| format!("tick {i}\n")).collect();
     assert_eq!(exit.code(), Some(0), "follower: {follower_stderr}");
+    let ticks = seen.iter().filter(|b| **b == b'\n').count() - 1;
+    let expected: String = (0..ticks)
+        .map(|i| format!("tick {i}\n"))
+        .chain(std::iter::once("last\n".to_owned()))
+        .collect();
     assert_eq!(
         String::from_utf8_lossy(&seen),
         expected,
-        "the follower's output is the job's, byte for byte; its stderr: {follower_stderr}"
+        "the follower's output is every tick once, in order; its stderr: {follower_stderr}"
     );
     assert!(
         follower_stderr.contains("lost the connection") && follower_stderr.contains("reconnected"),
         "the follower says what happened: {follower_stderr}"
     );
-    let replay = ok(jobctl_at(&second, &pki), &["logs", &ticker]);
-    assert_eq!(replay, expected, "a fresh reader gets the same bytes");
+    let replay = ok(&second, &pki, &["logs", &ticker]);
+    assert_eq!(
+        replay.as_bytes(),
+        seen,
+        "the follower's output is the job's, byte for byte"
+    );
 
     let ticker_status = status(&second, &pki, &ticker);
     assert_eq!(ticker_status["state"], "exited", "{ticker_status}");
@@ -157,13 +173,10 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
         ender_status["exit_code"], 3,
         "the exact status of a job that ended while no daemon ran: {ender_status}"
     );
-    assert_eq!(ok(jobctl_at(&second, &pki), &["logs", &ender]), "bye\n");
+    assert_eq!(ok(&second, &pki, &["logs", &ender]), "bye\n");
     assert_eq!(status(&second, &pki, &sleeper)["state"], "running");
 
-    let stopped = ok(
-        jobctl_at(&second, &pki),
-        &["stop", "--output", "json", &sleeper],
-    );
+    let stopped = ok(&second, &pki, &["stop", "--output", "json", &sleeper]);
     let stopped: serde_json::Value = serde_json::from_str(&stopped).expect("stop JSON");
     assert_eq!(stopped["state"], "signaled", "{stopped}");
     assert_eq!(stopped["signal"], "SIGTERM", "{stopped}");
@@ -178,13 +191,14 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
 
     println!(
         "upgrade: daemon SIGKILLed at {:.1}s under 3 jobs and a follower; new daemon serving at \
-         {:.1}s; follower: {} bytes, identical to the job's {} ticks, exit 0; it said: {}; \
+         {:.1}s; follower: {} bytes ({} ticks and the last line), identical to the job's \
+         output, exit 0; it said: {}; \
          ticker exited(0), ender exited(3) while no daemon ran, sleeper running then stopped \
          (SIGTERM); no cgroup or process left",
         crashed_at.as_secs_f64(),
         restarted_at.as_secs_f64(),
         seen.len(),
-        TICKS,
+        ticks,
         follower_stderr.trim_end().replace('\n', " | "),
     );
     drop(second);
