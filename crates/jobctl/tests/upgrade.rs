@@ -155,7 +155,13 @@ fn live_restore_survives_a_killed_daemon_with_a_follower_attached() {
     );
     assert!(
         follower_stderr.contains("lost the connection") && follower_stderr.contains("reconnected"),
-        "the follower says what happened: {follower_stderr}"
+        "the follower says what happened: {follower_stderr:?}; it printed {:?}; crash at {:?}, \
+         restart at {:?}\nthe first daemon's log:\n{}\nthe second's:\n{}",
+        String::from_utf8_lossy(&seen),
+        crashed_at,
+        restarted_at,
+        first.log(),
+        second.log()
     );
     let replay = ok(&second, &pki, &["logs", &ticker]);
     assert_eq!(

@@ -1023,6 +1023,13 @@ impl Shared {
             (Ok(StatusRecord::Failed { stage, errno }), _) => {
                 Some(start_error(&record.spec, stage, errno))
             }
+            (Err(e), _) if e.kind() == io::ErrorKind::UnexpectedEof => Some(Error::io(
+                "cannot start the job",
+                io::Error::other(format!(
+                    "its init ended before the command started ({})",
+                    init_end(&spawned.pidfd)
+                )),
+            )),
             (Err(e), _) => Some(Error::io("cannot read the job's start", e)),
             (_, Err(e)) => Some(Error::io("cannot write the job's record", e)),
         };
@@ -1210,16 +1217,29 @@ fn environment(spec: &CommandSpec) -> Result<Vec<CString>, Error> {
     Ok(envp)
 }
 
-/// Reads the init's word on the status pipe.
+/// Reads the init's word on the status pipe; end of file is `UnexpectedEof`.
 fn read_status(status: &mut File) -> io::Result<StatusRecord> {
     use std::io::Read;
     let mut record = [0u8; StatusRecord::LEN];
-    match status.read_exact(&mut record) {
-        Ok(()) => StatusRecord::decode(&record).map_err(io::Error::other),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::other(
-            "the job's init exited before the command started",
-        )),
-        Err(e) => Err(e),
+    status.read_exact(&mut record)?;
+    StatusRecord::decode(&record).map_err(io::Error::other)
+}
+
+/// Waits for an init that closed its status pipe early and says how it ended, for the log:
+/// a panic (status 101) and the OOM killer (signal 9) call for different fixes.
+fn init_end(pidfd: &OwnedFd) -> String {
+    let waited = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+    match waited {
+        Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => format!("it exited with status {code}"),
+            (None, Some(signal)) => format!("it was killed by signal {signal}"),
+            (None, None) => "it ended".to_owned(),
+        },
+        Ok(None) => "it ended".to_owned(),
+        Err(e) => format!("cannot tell how it ended: {e}"),
     }
 }
 
