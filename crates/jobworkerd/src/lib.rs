@@ -23,4 +23,4 @@ pub mod server;
 pub mod service;
 
 pub use audit::AuditLog;
-pub use server::{Options, Server};
+pub use server::{MAX_CONCURRENT_STREAMS, Options, Server};

@@ -800,3 +800,59 @@ async fn list_rows_shorten_huge_command_lines_so_a_page_always_fits() {
     }
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_open_more_than_128_streams_at_once() {
+    let t = TestServer::start().await;
+    let mut alice = t.client("alice").await;
+    let id = start(&mut alice, "/bin/sleep", &["1000"]).await;
+
+    // The attack: 300 streams on one connection that never read.
+    let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let mut client = alice.clone();
+        let id = id.clone();
+        let opened_tx = opened_tx.clone();
+        tasks.spawn(async move {
+            let stream = client
+                .stream_output(pb::StreamOutputRequest {
+                    job_id: id,
+                    streams: vec![],
+                    offset: 0,
+                })
+                .await;
+            let _ = opened_tx.send(());
+            // Held open, never read.
+            let _stream = stream;
+            std::future::pending::<()>().await;
+        });
+    }
+    let mut count = 0;
+    while count < jobworkerd::MAX_CONCURRENT_STREAMS {
+        tokio::time::timeout(Duration::from_secs(30), opened.recv())
+            .await
+            .expect("the first 128 streams open")
+            .expect("sender alive");
+        count += 1;
+    }
+    // The rest wait for the connection's stream slots; none of them reaches the server.
+    let more = tokio::time::timeout(Duration::from_millis(500), opened.recv()).await;
+    assert!(more.is_err(), "a 129th stream opened on one connection");
+    assert_eq!(
+        t.server.active_streams(),
+        jobworkerd::MAX_CONCURRENT_STREAMS as usize
+    );
+
+    // Another connection is not held up by the first one's streams.
+    let mut other = t.client("alice").await;
+    let (_, ended) = tokio::time::timeout(Duration::from_secs(10), async {
+        let id = start(&mut other, "/bin/true", &[]).await;
+        read_stream(&mut other, &id).await
+    })
+    .await
+    .expect("a second connection is served");
+    ended.expect("its stream ends normally");
+    tasks.abort_all();
+    t.finish().await;
+}

@@ -712,3 +712,36 @@ async fn job_history_survives_a_restart_and_stays_removable() {
     drop(second);
     drop(first);
 }
+
+#[test]
+fn failed_handshakes_are_summarised_not_logged_one_by_one() {
+    use std::io::Write;
+    let pki = Pki::dev();
+    let daemon = Daemon::start(pki.dir());
+
+    // The attack: 200 connections that send anything but a TLS handshake.
+    for _ in 0..200 {
+        let mut tcp = std::net::TcpStream::connect(daemon.address()).expect("connect");
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    let summaries = || -> u64 {
+        daemon
+            .log()
+            .lines()
+            .filter_map(|l| l.split(" TLS handshakes failed in the last").next())
+            .filter_map(|head| head.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(
+        jobworker_testkit::eventually_blocking(Duration::from_secs(30), || summaries() >= 200),
+        "no summary of the failed handshakes; the log:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    assert!(
+        warnings <= 3,
+        "{warnings} WARN lines for 200 failed handshakes:\n{log}"
+    );
+}
