@@ -157,21 +157,30 @@ impl StateDir {
         lock.set_len(0)
             .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
             .map_err(|e| Error::io(ctx("lock"), e))?;
-        let jobs = path.join("jobs");
-        for dir in [&jobs, &path.join("root")] {
+        Ok(StateDir {
+            path: path.to_owned(),
+            jobs: path.join("jobs"),
+            sync,
+            _lock: lock,
+        })
+    }
+
+    /// Creates `jobs/` and `root/` if missing. Separate from [`StateDir::open`], which takes
+    /// the lock first thing: the daemon binds its listeners in between, so that a failed bind
+    /// leaves nothing but the lock file.
+    pub(crate) fn create_layout(&self) -> Result<(), Error> {
+        for dir in [&self.jobs, &self.path.join("root")] {
             match fs::DirBuilder::new().mode(0o700).create(dir) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(Error::io(ctx("prepare"), e));
+                    return Err(Error::io(
+                        format!("cannot prepare state directory {}", self.path.display()),
+                        e,
+                    ));
                 }
                 _ => {}
             }
         }
-        Ok(StateDir {
-            path: path.to_owned(),
-            jobs,
-            sync,
-            _lock: lock,
-        })
+        Ok(())
     }
 
     /// Whether records are fsynced.
@@ -341,6 +350,7 @@ mod tests {
     fn unrelated_entries_are_left_alone_and_records_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::open(dir.path(), true).expect("open");
+        state.create_layout().expect("layout");
         fs::write(dir.path().join("jobs/important.log"), "keep me").expect("write");
         fs::create_dir(dir.path().join("jobs/not-a-job")).expect("mkdir");
         let id = JobId::new();
@@ -378,6 +388,7 @@ mod tests {
     fn a_damaged_record_is_reported_not_fatal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::open(dir.path(), false).expect("open");
+        state.create_layout().expect("layout");
         let id = JobId::new();
         state.create_job_dir(id).expect("mkdir");
         fs::write(state.job_dir(id).join(RECORD), b"{\"version\": 1, \"id\"").expect("write");

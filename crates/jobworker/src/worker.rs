@@ -1370,6 +1370,7 @@ struct Prepared {
 /// The blocking part of `Worker::new`.
 fn prepare(mut config: Config, store: StateDir) -> Result<(Prepared, Option<OwnedFd>), Error> {
     check_config(&config)?;
+    store.create_layout()?;
     uids::check_range(config.job_ids)?;
     let id_claim = uids::claim_range(config.job_ids)?;
     let sandbox = sandbox::prepare(&config.sandbox, store.path(), &config.secrets)?;

@@ -745,3 +745,104 @@ fn failed_handshakes_are_summarised_not_logged_one_by_one() {
         "{warnings} WARN lines for 200 failed handshakes:\n{log}"
     );
 }
+
+/// `jobworkerd serve` with `args` and the dev PKI's TLS files, run to its exit.
+fn serve_once(pki: &Pki, args: &[&str]) -> Output {
+    Command::new(JOBWORKERD)
+        .arg("serve")
+        .arg("--ca")
+        .arg(pki.path("ca.pem"))
+        .arg("--cert")
+        .arg(pki.path("server.pem"))
+        .arg("--key")
+        .arg(pki.path("server.key"))
+        .args(["--job-ids", &jobworker_testkit::random_job_ids()])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run jobworkerd serve")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_directory_exits_naming_the_first_and_changes_nothing() {
+    let pki = Pki::dev();
+    let state = tempfile::tempdir().expect("state dir");
+    let first = Daemon::options(pki.dir()).state_dir(state.path()).start();
+    let mut client = connect(&first, &pki, "alice").await;
+    let id = client
+        .start(pb::StartRequest {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo kept; exec sleep 1000".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("start")
+        .into_inner()
+        .job_id;
+
+    let state_arg = state.path().to_string_lossy().into_owned();
+    let second = tokio::task::block_in_place(|| {
+        serve_once(
+            &pki,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                &state_arg,
+                "--cgroup-parent",
+                first.cgroup_parent(),
+            ],
+        )
+    });
+
+    let stderr = text(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&first.pid().to_string()),
+        "the refusal names the first daemon's pid {}: {stderr}",
+        first.pid()
+    );
+    let status = client
+        .get_status(pb::GetStatusRequest { job_id: id.clone() })
+        .await
+        .expect("the first daemon still serves")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(status.state, pb::JobState::Running as i32, "{status:?}");
+    let log = state.path().join("jobs").join(&id).join("output.log");
+    assert!(log.exists(), "the job's log is still there");
+}
+
+#[test]
+fn a_failed_bind_changes_nothing() {
+    let pki = Pki::dev();
+    let state = tempfile::tempdir().expect("state dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let parent = format!("jobworker-test-{}", uuid::Uuid::new_v4());
+    let state_arg = state.path().join("state").to_string_lossy().into_owned();
+
+    let out = serve_once(
+        &pki,
+        &[
+            "--listen",
+            &address,
+            "--state-dir",
+            &state_arg,
+            "--cgroup-parent",
+            &parent,
+        ],
+    );
+
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&address), "names the address: {stderr}");
+    assert!(
+        jobworker_testkit::cgroups_named(&parent).is_empty(),
+        "a cgroup parent was left behind"
+    );
+    let jobs = std::path::Path::new(&state_arg).join("jobs");
+    assert!(!jobs.exists(), "the state directory was set up anyway");
+}
