@@ -86,12 +86,17 @@ fn rss_bytes() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_gib_of_output_keeps_memory_bounded() {
+async fn a_gib_of_output_keeps_memory_bounded() {
+    // 1 GiB; the emulated cgroup v2 guest of scripts/test, 50 times slower, sets less.
+    let size: u64 = std::env::var("JOBWORKER_TEST_BIG_OUTPUT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(1 << 30, |mib| mib << 20);
     let _serial = ONE_AT_A_TIME.lock().await;
     let w = worker().await;
     let before = rss_bytes();
     let id = w
-        .start("/bin/sh", &["-c", "head -c 1073741824 /dev/zero"])
+        .start("/bin/sh", &["-c", &format!("head -c {size} /dev/zero")])
         .await;
     // Follow it live, counting bytes without keeping them.
     let mut reader = w.worker.output(id, StreamFilter::Both, 0).expect("reader");
@@ -106,16 +111,22 @@ async fn one_gib_of_output_keeps_memory_bounded() {
     drop(reader);
     let status = w.wait(id).await.expect("wait");
     assert_eq!(status.state, JobState::Exited(0));
-    assert_eq!(total, 1 << 30, "every byte arrives");
+    assert_eq!(total, size, "every byte arrives");
     let after = rss_bytes();
     peak = peak.max(after);
     let grown = peak.saturating_sub(before);
     assert!(
         grown < 32 << 20,
-        "RSS grew by {} MiB while 1 GiB of output went through (before {} MiB, peak {} MiB)",
+        "RSS grew by {} MiB while {} MiB of output went through (before {} MiB, peak {} MiB)",
         grown >> 20,
+        size >> 20,
         before >> 20,
         peak >> 20
+    );
+    println!(
+        "measured: {} MiB followed live, RSS grew by {} KiB",
+        size >> 20,
+        grown >> 10
     );
     w.finish().await;
 }
