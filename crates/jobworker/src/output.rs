@@ -452,9 +452,10 @@ impl OutputReader {
 
     /// At the end of a finished log.
     fn finish(&mut self, end: LogEnd) -> Result<Option<Chunk>, OutputError> {
-        if !self.pending.is_empty() {
-            // A frame runs past the valid end: the worker cuts torn frames off before
-            // publishing the end, so this is damage.
+        if !self.pending.is_empty() || self.offset < end.len {
+            // Short of the valid end: a frame runs past it (the worker cuts torn frames off
+            // before publishing the end), or the file ends before it (cut short after the job
+            // ended, even between two frames). Damage either way, never a clean end.
             return Err(OutputError::Corrupt {
                 path: self.path.to_path_buf(),
                 at: self.offset,
@@ -702,6 +703,28 @@ pub(crate) mod tests {
                 Err(other) => panic!("flip at {at}: unexpected {other}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_cut_short_between_two_frames_after_the_job_ended_is_reported() {
+        let log = frames(&[(Stream::Stdout, b"first"), (Stream::Stderr, b"second")]);
+        let (_dir, path, end) = finished(&log);
+        let first_frame = HEADER + 5;
+        std::fs::write(&*path, &log[..first_frame]).expect("cut the log");
+        let (_grow_tx, grow) = watch::channel(());
+        let (_end_tx, end) = watch::channel(Some(end));
+        let mut reader = OutputReader::open(path, grow, end, StreamFilter::Both, 0).expect("open");
+        let first = reader
+            .next()
+            .await
+            .expect("the first frame")
+            .expect("a chunk");
+        assert_eq!(&first.data[..], b"first");
+        let rest = reader.next().await;
+        assert!(
+            matches!(rest, Err(OutputError::Corrupt { at, .. }) if at == first_frame as u64),
+            "a log shorter than its recorded end must be reported, not end cleanly: {rest:?}"
+        );
     }
 
     #[test]
