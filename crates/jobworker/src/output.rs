@@ -565,6 +565,9 @@ pub(crate) fn log_path(job_dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
