@@ -1,6 +1,6 @@
 //! What a job runs and the resources it may use, validated before anything is created.
 
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,10 +123,12 @@ impl CommandSpec {
                     MAX_PATH_BYTES - 1
                 ));
             }
-            let normal = dir
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-            if !dir.is_absolute() || !normal {
+            // The bytes, not `Path::components`, which drops "." silently ("/a/./b" has the
+            // components of "/a/b").
+            let dotted = bytes
+                .split(|&b| b == b'/')
+                .any(|part| part == b"." || part == b"..");
+            if !dir.is_absolute() || dotted {
                 return bad(format!(
                     "working directory {} must be an absolute path without '.' or '..'",
                     dir.display()
@@ -291,5 +293,22 @@ mod tests {
             ..CommandSpec::new("true", Vec::<String>::new())
         };
         assert!(matches!(spec.validate(), Err(Error::InvalidCommand(_))));
+    }
+
+    #[test]
+    fn a_working_directory_with_a_dot_anywhere_is_refused() {
+        for dir in ["/tmp/./x", "/tmp/.", "/.", "./tmp"] {
+            let spec = CommandSpec {
+                working_dir: Some(dir.into()),
+                ..CommandSpec::new("true", Vec::<String>::new())
+            };
+            let err = spec.validate().expect_err(dir).to_string();
+            assert!(err.contains("without '.' or '..'"), "{dir}: {err}");
+        }
+        let spec = CommandSpec {
+            working_dir: Some("/tmp/.cache/..x/x.".into()),
+            ..CommandSpec::new("true", Vec::<String>::new())
+        };
+        assert!(spec.validate().is_ok(), "dots within names are names");
     }
 }
