@@ -135,8 +135,10 @@ impl Config {
     pub fn check_request(&self, spec: &CommandSpec, limits: Limits) -> Result<Limits, Error> {
         spec.validate()?;
         let limits = limits.or(self.default_limits);
-        limits.validate()?;
+        // The node's maxima first: a value above one is told that maximum, the bound that
+        // applies to it, rather than the wider range every node allows.
         self.check_maxima(&limits)?;
+        limits.validate()?;
         Ok(limits)
     }
 
@@ -1631,4 +1633,62 @@ fn ensure_stdio_open() -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_far_above_the_node_maximum_is_told_that_maximum() {
+        let config = Config {
+            max_limits: Limits {
+                cpus: Some(1.5),
+                memory_bytes: Some(1 << 30),
+                pids: Some(1000),
+                output_bytes: Some(1 << 20),
+                ..Limits::default()
+            },
+            default_limits: Limits::default(),
+            ..Config::default()
+        };
+        let spec = CommandSpec::new("true", Vec::<String>::new());
+        let far_above = [
+            (
+                Limits {
+                    cpus: Some(5000.0),
+                    ..Limits::default()
+                },
+                "maximum of 1.5 CPUs",
+            ),
+            (
+                Limits {
+                    memory_bytes: Some(u64::MAX),
+                    ..Limits::default()
+                },
+                "maximum of 1073741824 bytes",
+            ),
+            (
+                Limits {
+                    pids: Some(5_000_000),
+                    ..Limits::default()
+                },
+                "maximum of 1000",
+            ),
+            (
+                Limits {
+                    output_bytes: Some(u64::MAX),
+                    ..Limits::default()
+                },
+                "maximum of 1048576 bytes",
+            ),
+        ];
+        for (limits, maximum) in far_above {
+            let err = config
+                .check_request(&spec, limits)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(maximum), "{limits:?}: {err}");
+        }
+    }
 }
