@@ -358,9 +358,20 @@ impl Scratch {
         }
     }
 
+    /// A new, empty log file. Not the old one truncated: on ext4, a file truncated to zero is
+    /// flushed to disk when closed, which made the cases wait for the disk.
+    fn new_log(&self) -> File {
+        match std::fs::remove_file(&*self.log) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove the last case's log: {e}"),
+        }
+        File::create_new(&*self.log).expect("create the log")
+    }
+
     /// Writes `writes` to a new log with the init's writer; returns the file's bytes.
     fn write_log(&self, writes: &[Write]) -> Vec<u8> {
-        let file = File::create(&*self.log).expect("create the log");
+        let file = self.new_log();
         let mut writer = LogWriter::new(file, u64::MAX);
         let mut frame = LogWriter::frame_buffer();
         for write in writes {
@@ -372,7 +383,7 @@ impl Scratch {
     }
 
     fn replace_log(&self, bytes: &[u8]) {
-        std::fs::write(&*self.log, bytes).expect("rewrite the log");
+        self.new_log().write_all(bytes).expect("rewrite the log");
     }
 
     /// Reads the log of a job that has ended (its log ending at `end`) from `from`.
@@ -401,7 +412,7 @@ impl Scratch {
         filter: StreamFilter,
         from: u64,
     ) -> (Vec<Chunk>, Outcome) {
-        let file = File::create(&*self.log).expect("create the log");
+        let file = self.new_log();
         self.runtime.block_on(async {
             let (grow_tx, grow) = watch::channel(());
             let (end_tx, end) = watch::channel(None);
