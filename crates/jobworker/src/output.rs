@@ -353,6 +353,9 @@ pub struct OutputReader {
     position: u64,
     /// Output position to start handing out at.
     from: u64,
+    /// Whether `pending` is final: read, or cut to the valid end, once the job had ended. Only
+    /// then is a frame that fails its checks damage (see [`OutputReader::next`]).
+    settled: bool,
 }
 
 impl OutputReader {
@@ -378,6 +381,7 @@ impl OutputReader {
             pending: Bytes::new(),
             position: 0,
             from,
+            settled: false,
         })
     }
 
@@ -393,11 +397,22 @@ impl OutputReader {
                     }
                     continue;
                 }
-                Parsed::Corrupt => {
+                Parsed::Corrupt if self.settled => {
                     return Err(OutputError::Corrupt {
                         path: self.path.to_path_buf(),
                         at: self.offset,
                     });
+                }
+                Parsed::Corrupt => {
+                    // Not yet damage: when a job ends, the worker cuts a torn last write off its
+                    // log, and a read racing with that cut can see zeros past the new end (the
+                    // kernel clears the rest of the page). Read again once the job has ended, or
+                    // the log has grown; only bytes read after the end are judged.
+                    self.pending = Bytes::new();
+                    if self.end.borrow().is_none() {
+                        self.changed().await?;
+                    }
+                    continue;
                 }
                 Parsed::Partial { need } => need,
             };
@@ -411,6 +426,7 @@ impl OutputReader {
             if self.pending.len() > valid {
                 self.pending.truncate(valid);
             }
+            self.settled = end.is_some();
             let have = self.pending.len();
             if self.offset + (have as u64) < limit && self.fill(need, limit).await? > have {
                 continue;
@@ -418,10 +434,15 @@ impl OutputReader {
             if let Some(end) = end {
                 return self.finish(end);
             }
-            tokio::select! {
-                changed = self.grow.changed() => changed.map_err(|_| OutputError::Closed)?,
-                changed = self.end.changed() => changed.map_err(|_| OutputError::Closed)?,
-            }
+            self.changed().await?;
+        }
+    }
+
+    /// Waits until the log has grown or the job has ended.
+    async fn changed(&mut self) -> Result<(), OutputError> {
+        tokio::select! {
+            changed = self.grow.changed() => changed.map_err(|_| OutputError::Closed),
+            changed = self.end.changed() => changed.map_err(|_| OutputError::Closed),
         }
     }
 
@@ -452,9 +473,10 @@ impl OutputReader {
 
     /// At the end of a finished log.
     fn finish(&mut self, end: LogEnd) -> Result<Option<Chunk>, OutputError> {
-        if !self.pending.is_empty() {
-            // A frame runs past the valid end: the worker cuts torn frames off before
-            // publishing the end, so this is damage.
+        if !self.pending.is_empty() || self.offset < end.len {
+            // Short of the valid end: a frame runs past it (the worker cuts torn frames off
+            // before publishing the end), or the file ends before it (cut short after the job
+            // ended, even between two frames). Damage either way, never a clean end.
             return Err(OutputError::Corrupt {
                 path: self.path.to_path_buf(),
                 at: self.offset,
@@ -562,6 +584,9 @@ fn read_cached(file: &File, offset: u64, want: usize) -> io::Result<Option<Bytes
 pub(crate) fn log_path(job_dir: &Path) -> PathBuf {
     job_dir.join("output.log")
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -702,6 +727,62 @@ pub(crate) mod tests {
                 Err(other) => panic!("flip at {at}: unexpected {other}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_cut_short_between_two_frames_after_the_job_ended_is_reported() {
+        let log = frames(&[(Stream::Stdout, b"first"), (Stream::Stderr, b"second")]);
+        let (_dir, path, end) = finished(&log);
+        let first_frame = HEADER + 5;
+        std::fs::write(&*path, &log[..first_frame]).expect("cut the log");
+        let (_grow_tx, grow) = watch::channel(());
+        let (_end_tx, end) = watch::channel(Some(end));
+        let mut reader = OutputReader::open(path, grow, end, StreamFilter::Both, 0).expect("open");
+        let first = reader
+            .next()
+            .await
+            .expect("the first frame")
+            .expect("a chunk");
+        assert_eq!(&first.data[..], b"first");
+        let rest = reader.next().await;
+        assert!(
+            matches!(rest, Err(OutputError::Corrupt { at, .. }) if at == first_frame as u64),
+            "a log shorter than its recorded end must be reported, not end cleanly: {rest:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_bytes_past_the_end_a_running_log_is_cut_to_are_not_damage() {
+        // What a follower can read while the worker cuts a torn write off a job's log: zeros
+        // where the torn frame was, from a read that raced with the cut.
+        let good = frames(&[(Stream::Stdout, b"kept")]);
+        let mut seen = good.clone();
+        seen.extend_from_slice(&[0; HEADER + 3]);
+        let (_dir, path, _) = finished(&seen);
+        let (_grow_tx, grow) = watch::channel(());
+        let (end_tx, end) = watch::channel(None);
+        let mut reader =
+            OutputReader::open(path.clone(), grow, end, StreamFilter::Both, 0).expect("open");
+        let kept = reader
+            .next()
+            .await
+            .expect("the whole frame")
+            .expect("a chunk");
+        assert_eq!(&kept.data[..], b"kept");
+        let conclude = async {
+            tokio::task::yield_now().await;
+            std::fs::write(&*path, &good).expect("cut the torn write off");
+            end_tx.send_replace(Some(LogEnd {
+                len: good.len() as u64,
+                output_bytes: 4,
+                lost: false,
+            }));
+        };
+        let (rest, ()) = tokio::join!(reader.next(), conclude);
+        assert!(
+            matches!(rest, Ok(None)),
+            "bytes past the end a running job's log is cut to are not damage: {rest:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What a job runs and the resources it may use, validated before anything is created.
 
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,12 +97,14 @@ impl CommandSpec {
                 ));
             }
             if value.contains('\0') {
-                return bad(format!("environment variable {shown} contains a NUL byte"));
+                return bad(format!(
+                    "environment variable {shown:?} contains a NUL byte"
+                ));
             }
             let entry = key.len() + 1 + value.len();
             if entry >= MAX_ARG_BYTES {
                 return bad(format!(
-                    "environment variable {shown} is {entry} bytes long; the kernel's limit \
+                    "environment variable {shown:?} is {entry} bytes long; the kernel's limit \
                      for one entry is {} bytes",
                     MAX_ARG_BYTES - 1
                 ));
@@ -123,13 +125,17 @@ impl CommandSpec {
                     MAX_PATH_BYTES - 1
                 ));
             }
-            let normal = dir
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-            if !dir.is_absolute() || !normal {
+            // The bytes, not `Path::components`, which drops "." silently ("/a/./b" has the
+            // components of "/a/b").
+            let dotted = bytes
+                .split(|&b| b == b'/')
+                .any(|part| part == b"." || part == b"..");
+            if !dir.is_absolute() || dotted {
+                // Quoted and shortened like names above: the message goes back to the caller's
+                // terminal, and a long path would bury the rule.
+                let shown: String = dir.to_string_lossy().chars().take(64).collect();
                 return bad(format!(
-                    "working directory {} must be an absolute path without '.' or '..'",
-                    dir.display()
+                    "working directory {shown:?} must be an absolute path without '.' or '..'"
                 ));
             }
         }
@@ -291,5 +297,34 @@ mod tests {
             ..CommandSpec::new("true", Vec::<String>::new())
         };
         assert!(matches!(spec.validate(), Err(Error::InvalidCommand(_))));
+    }
+
+    #[test]
+    fn a_working_directory_with_a_dot_anywhere_is_refused() {
+        for dir in ["/tmp/./x", "/tmp/.", "/.", "./tmp"] {
+            let spec = CommandSpec {
+                working_dir: Some(dir.into()),
+                ..CommandSpec::new("true", Vec::<String>::new())
+            };
+            let err = spec.validate().expect_err(dir).to_string();
+            assert!(err.contains("without '.' or '..'"), "{dir}: {err}");
+        }
+        let spec = CommandSpec {
+            working_dir: Some("/tmp/.cache/..x/x.".into()),
+            ..CommandSpec::new("true", Vec::<String>::new())
+        };
+        assert!(spec.validate().is_ok(), "dots within names are names");
+    }
+
+    #[test]
+    fn a_refused_working_directory_is_quoted_shortened_in_the_message() {
+        let dir = format!("/x\u{1b}/{}/../y", "€".repeat(1300));
+        let spec = CommandSpec {
+            working_dir: Some(dir.into()),
+            ..CommandSpec::new("true", Vec::<String>::new())
+        };
+        let err = spec.validate().expect_err("refused").to_string();
+        assert!(err.len() < 400, "{} bytes: {err}", err.len());
+        assert!(!err.contains('\u{1b}'), "{err}");
     }
 }

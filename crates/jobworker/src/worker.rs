@@ -126,6 +126,55 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The limits a job started with `spec` and `limits` would run with (the request's, these
+    /// defaults for the rest), or why the request is refused: every check [`Worker::start`]
+    /// makes of a request before it reserves or creates anything, except one that depends on
+    /// the machine (IO limits need a block device behind the job's view). Touches nothing, so
+    /// a server can check requests, and tests can try any number of them, without starting a
+    /// job.
+    pub fn check_request(&self, spec: &CommandSpec, limits: Limits) -> Result<Limits, Error> {
+        spec.validate()?;
+        let limits = limits.or(self.default_limits);
+        // The node's maxima first: a value above one is told that maximum, the bound that
+        // applies to it, rather than the wider range every node allows.
+        self.check_maxima(&limits)?;
+        limits.validate()?;
+        Ok(limits)
+    }
+
+    /// Refuses limits above these maxima, naming the maximum.
+    fn check_maxima(&self, limits: &Limits) -> Result<(), Error> {
+        let max = &self.max_limits;
+        let above = |name: &str, value: String, max: String| {
+            Err(Error::InvalidLimit(format!(
+                "{name} {value} is above this node's maximum of {max}"
+            )))
+        };
+        if let (Some(v), Some(m)) = (limits.cpus, max.cpus)
+            && v > m
+        {
+            return above("cpus", v.to_string(), format!("{m} CPUs"));
+        }
+        if let (Some(v), Some(m)) = (limits.memory_bytes, max.memory_bytes)
+            && v > m
+        {
+            return above("memory", format!("{v} bytes"), format!("{m} bytes"));
+        }
+        if let (Some(v), Some(m)) = (limits.pids, max.pids)
+            && v > m
+        {
+            return above("pids", v.to_string(), m.to_string());
+        }
+        if let (Some(v), Some(m)) = (limits.output_bytes, max.output_bytes)
+            && v > m
+        {
+            return above("output", format!("{v} bytes"), format!("{m} bytes"));
+        }
+        Ok(())
+    }
+}
+
 /// What this machine has, for the defaults.
 struct Machine {
     memory_bytes: u64,
@@ -552,10 +601,7 @@ impl Worker {
         spec: CommandSpec,
         limits: Limits,
     ) -> Result<JobId, Error> {
-        spec.validate()?;
-        let limits = limits.or(self.shared.config.default_limits);
-        limits.validate()?;
-        self.shared.check_maxima(&limits)?;
+        let limits = self.shared.config.check_request(&spec, limits)?;
         if limits.has_io() && self.shared.sandbox.io_devices.is_empty() {
             return Err(Error::InvalidLimit(
                 "io limits need a block device behind the job's filesystem view, and this \
@@ -763,37 +809,6 @@ impl Shared {
             .get(&id)
             .cloned()
             .ok_or(Error::NotFound(id))
-    }
-
-    /// Refuses limits above the worker's maxima, naming the maximum.
-    fn check_maxima(&self, limits: &Limits) -> Result<(), Error> {
-        let max = &self.config.max_limits;
-        let above = |name: &str, value: String, max: String| {
-            Err(Error::InvalidLimit(format!(
-                "{name} {value} is above this node's maximum of {max}"
-            )))
-        };
-        if let (Some(v), Some(m)) = (limits.cpus, max.cpus)
-            && v > m
-        {
-            return above("cpus", v.to_string(), format!("{m} CPUs"));
-        }
-        if let (Some(v), Some(m)) = (limits.memory_bytes, max.memory_bytes)
-            && v > m
-        {
-            return above("memory", format!("{v} bytes"), format!("{m} bytes"));
-        }
-        if let (Some(v), Some(m)) = (limits.pids, max.pids)
-            && v > m
-        {
-            return above("pids", v.to_string(), m.to_string());
-        }
-        if let (Some(v), Some(m)) = (limits.output_bytes, max.output_bytes)
-            && v > m
-        {
-            return above("output", format!("{v} bytes"), format!("{m} bytes"));
-        }
-        Ok(())
     }
 
     /// Takes a place for a start in every bound, or says which bound is reached. Returns the
@@ -1689,4 +1704,62 @@ fn ensure_stdio_open() -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_far_above_the_node_maximum_is_told_that_maximum() {
+        let config = Config {
+            max_limits: Limits {
+                cpus: Some(1.5),
+                memory_bytes: Some(1 << 30),
+                pids: Some(1000),
+                output_bytes: Some(1 << 20),
+                ..Limits::default()
+            },
+            default_limits: Limits::default(),
+            ..Config::default()
+        };
+        let spec = CommandSpec::new("true", Vec::<String>::new());
+        let far_above = [
+            (
+                Limits {
+                    cpus: Some(5000.0),
+                    ..Limits::default()
+                },
+                "maximum of 1.5 CPUs",
+            ),
+            (
+                Limits {
+                    memory_bytes: Some(u64::MAX),
+                    ..Limits::default()
+                },
+                "maximum of 1073741824 bytes",
+            ),
+            (
+                Limits {
+                    pids: Some(5_000_000),
+                    ..Limits::default()
+                },
+                "maximum of 1000",
+            ),
+            (
+                Limits {
+                    output_bytes: Some(u64::MAX),
+                    ..Limits::default()
+                },
+                "maximum of 1048576 bytes",
+            ),
+        ];
+        for (limits, maximum) in far_above {
+            let err = config
+                .check_request(&spec, limits)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(maximum), "{limits:?}: {err}");
+        }
+    }
 }

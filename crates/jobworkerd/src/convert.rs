@@ -5,11 +5,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jobworker::{
-    Chunk, CommandSpec, Error, JobId, JobState, JobStatus, Limits, ListCursor, OutputError, Quota,
-    StateKind, StreamFilter,
+    Chunk, CommandSpec, Error, JobId, JobState, JobStatus, Limits, ListCursor, ListQuery,
+    OutputError, Quota, StateKind, StreamFilter,
 };
 use jobworker_api::pb;
 use tonic::{Code, Status};
+
+use crate::authz::{self, Caller};
 
 /// Jobs per List page when the request names no size.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -124,6 +126,17 @@ pub fn status_to_pb(s: &JobStatus) -> pb::JobStatus {
         }),
         note: s.note.clone().unwrap_or_default(),
     }
+}
+
+/// What a List request by `caller` asks for: every field checked, the owner filter against
+/// who may see whose jobs.
+pub fn list_query(caller: &Caller, req: &pb::ListRequest) -> Result<ListQuery, Status> {
+    Ok(ListQuery {
+        owner: authz::list_owner(caller, &req.owner)?,
+        states: states(&req.states)?,
+        after: page_token(&req.page_token)?,
+        limit: page_size(req.page_size)?,
+    })
 }
 
 /// The states a List request filters on.

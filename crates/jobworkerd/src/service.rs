@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
-use jobworker::{Chunk, JobId, JobStatus, ListQuery, OutputReader, Worker};
+use jobworker::{Chunk, JobId, JobStatus, OutputReader, Worker};
 use jobworker_api::codec::MAX_OUTPUT_CHUNK;
 use jobworker_api::pb::{self, job_worker_server::JobWorker};
 use prost::Message;
@@ -83,13 +83,7 @@ impl JobService {
     }
 
     fn list_jobs(&self, peer: &Peer, req: &pb::ListRequest) -> Result<pb::ListResponse, Status> {
-        let caller = peer.caller()?;
-        let query = ListQuery {
-            owner: authz::list_owner(caller, &req.owner)?,
-            states: convert::states(&req.states)?,
-            after: convert::page_token(&req.page_token)?,
-            limit: convert::page_size(req.page_size)?,
-        };
+        let query = convert::list_query(peer.caller()?, req)?;
         let page = self.worker.list(&query);
         let mut jobs = Vec::with_capacity(page.jobs.len());
         let mut bytes = 0;
