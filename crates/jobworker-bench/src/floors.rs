@@ -5,8 +5,10 @@
 //!   daemon uses (without flags it is a plain fork); the same in the five namespaces every job
 //!   gets; the same also in a fresh cgroup per run with the start figure's limits (the kernel
 //!   work of an isolated, limited start, without our daemon); and `bwrap` as the best-known
-//!   sandboxing tool. They are sampled a round at a time, so that a figure can interleave them
-//!   with its own samples and a burst of other work on the machine hits all of them alike.
+//!   sandboxing tool, with the same filesystem view our jobs get ([`bwrap_args`]). They are
+//!   sampled a round at a time, so that a figure can interleave them with its own samples and a
+//!   burst of other work on the machine hits all of them alike. The library's own sandbox,
+//!   driven in-process, is the direct floor of [`crate::direct`].
 //! - The byte-moving floor: one loopback TLS 1.3 connection with the daemon's and the client's
 //!   rustls configurations, 64 KiB writes, no gRPC.
 
@@ -73,7 +75,7 @@ pub struct FloorSamples {
     pub namespaces: Samples,
     /// The same also in a fresh, limited cgroup.
     pub cgroup: Samples,
-    /// The whole `bwrap --unshare-all --dev-bind / / true` process; `None` if not installed.
+    /// The whole `bwrap` process with our jobs' view ([`bwrap_args`]); `None` if not installed.
     pub bwrap: Option<Samples>,
 }
 
@@ -88,10 +90,9 @@ impl ProcessFloors {
         let bwrap = match find_in_path("bwrap") {
             Some(path) => {
                 let program = path.to_str().context("the path of bwrap is not UTF-8")?;
-                Some(Exec::new(
-                    program,
-                    &["--unshare-all", "--dev-bind", "/", "/", "true"],
-                )?)
+                let args = bwrap_args()?;
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Some(Exec::new(program, &args)?)
             }
             None => None,
         };
@@ -179,6 +180,40 @@ impl ProcessFloors {
         self.true_.run(NAMESPACES, &fds)?;
         Ok(began.elapsed())
     }
+}
+
+/// bubblewrap's arguments for the view a job gets by default: every new namespace, the
+/// daemon's default read-only paths where they exist (a symlink such as `/bin -> usr/bin`
+/// recreated as a symlink, as the job's init does), private tmpfs on `/tmp`, `/var/tmp`, `/run`
+/// and `/dev/shm`, a minimal `/dev` and a fresh `/proc`; then `/bin/true`.
+///
+/// Left out, so bwrap does a little less than a job's init: the read-only `/sys`, the masked
+/// `/proc` paths, the hostname, bringing `lo` up, the uid change and the syscall filter.
+pub fn bwrap_args() -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = ["--unshare-all", "--die-with-parent"]
+        .map(str::to_owned)
+        .to_vec();
+    for path in jobworker::DEFAULT_RO_PATHS {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path)
+                .with_context(|| format!("cannot read the symlink {path}"))?;
+            let target = target
+                .to_str()
+                .with_context(|| format!("the target of {path} is not UTF-8"))?;
+            args.extend(["--symlink", target, path].map(str::to_owned));
+        } else {
+            args.extend(["--ro-bind", path, path].map(str::to_owned));
+        }
+    }
+    args.extend(["--dev", "/dev", "--proc", "/proc"].map(str::to_owned));
+    for tmpfs in ["/tmp", "/var/tmp", "/run", "/dev/shm"] {
+        args.extend(["--tmpfs", tmpfs].map(str::to_owned));
+    }
+    args.push("/bin/true".to_owned());
+    Ok(args)
 }
 
 /// The limit files a hierarchy has (a parent has the same ones as its children).
