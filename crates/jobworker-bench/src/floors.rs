@@ -59,12 +59,16 @@ pub struct ProcessFloors {
     true_: Exec,
     /// `None` if bubblewrap is not installed.
     bwrap: Option<Exec>,
+    /// The jobs' init program run without arguments (it refuses and exits 2): what its load
+    /// and start-up cost, the second exec of every start. `None` when not asked for.
+    init: Option<Exec>,
     /// The daemon's job cgroup parents (one per v1 hierarchy), and the limit files each has.
     cgroup_parents: Vec<(PathBuf, Vec<(&'static str, &'static str)>)>,
     plain: Vec<Duration>,
     namespaces: Vec<Duration>,
     cgroup: Vec<Duration>,
     bwrap_runs: Vec<Duration>,
+    init_runs: Vec<Duration>,
 }
 
 /// What the process floors measured.
@@ -77,12 +81,15 @@ pub struct FloorSamples {
     pub cgroup: Samples,
     /// The whole `bwrap` process with our jobs' view ([`bwrap_args`]); `None` if not installed.
     pub bwrap: Option<Samples>,
+    /// fork+exec+wait of the init program alone; `None` if not asked for.
+    pub init: Option<Samples>,
 }
 
 impl ProcessFloors {
     /// Prepares the floors; the cgroup floor uses `cgroup_parents` (the daemon's), so that it
-    /// works in the same hierarchies with the same controllers.
-    pub fn new(cgroup_parents: &[PathBuf]) -> anyhow::Result<ProcessFloors> {
+    /// works in the same hierarchies with the same controllers. With `init`, the jobs' init
+    /// program is sampled too.
+    pub fn new(cgroup_parents: &[PathBuf], init: Option<&Path>) -> anyhow::Result<ProcessFloors> {
         ensure!(
             !cgroup_parents.is_empty(),
             "the daemon reported no cgroup parents"
@@ -100,14 +107,29 @@ impl ProcessFloors {
             .iter()
             .map(|parent| (parent.clone(), limit_files(parent)))
             .collect();
+        let init = match init {
+            Some(path) => {
+                let program = path
+                    .to_str()
+                    .context("the init program's path is not UTF-8")?;
+                let mut exec = Exec::new(program, &[])?;
+                // Run under another name it is not an init: it says so on stderr and exits 2.
+                exec.exit_code = 2;
+                exec.stderr = Some(File::options().write(true).open("/dev/null")?);
+                Some(exec)
+            }
+            None => None,
+        };
         Ok(ProcessFloors {
             true_: Exec::new("/bin/true", &[])?,
             bwrap,
+            init,
             cgroup_parents,
             plain: Vec::new(),
             namespaces: Vec::new(),
             cgroup: Vec::new(),
             bwrap_runs: Vec::new(),
+            init_runs: Vec::new(),
         })
     }
 
@@ -118,6 +140,7 @@ impl ProcessFloors {
             namespaces: Samples::new(self.namespaces),
             cgroup: Samples::new(self.cgroup),
             bwrap: self.bwrap.map(|_| Samples::new(self.bwrap_runs)),
+            init: self.init.map(|_| Samples::new(self.init_runs)),
         }
     }
 
@@ -131,13 +154,28 @@ impl ProcessFloors {
             .as_ref()
             .map(|bwrap| bwrap.run(0, &[]))
             .transpose()?;
+        let init = self
+            .init
+            .as_ref()
+            .map(|init| init.run(0, &[]))
+            .transpose()?;
         if keep {
             self.plain.push(plain);
             self.namespaces.push(namespaces);
             self.cgroup.push(cgroup);
             self.bwrap_runs.extend(bwrap);
+            self.init_runs.extend(init);
         }
         Ok(())
+    }
+
+    /// Only the kernel's floors, for figures that need no more: plain fork+exec, the same in
+    /// the namespaces, and also in fresh cgroups. Returns them in that order.
+    pub fn sample_kernel(&mut self, round: usize) -> anyhow::Result<[Duration; 3]> {
+        let plain = self.true_.run(0, &[])?;
+        let namespaces = self.true_.run(NAMESPACES, &[])?;
+        let cgroup = self.in_new_cgroups(round)?;
+        Ok([plain, namespaces, cgroup])
     }
 
     /// `/bin/true` in the namespaces and in a fresh cgroup in every hierarchy, made as the
@@ -271,6 +309,10 @@ struct Exec {
     argv: Vec<CString>,
     /// bwrap looks its command up in PATH; /bin/true ignores it.
     envp: Vec<CString>,
+    /// The exit status that counts as success.
+    exit_code: i32,
+    /// Where the child's stderr goes, if not to ours.
+    stderr: Option<File>,
 }
 
 /// The first version of the kernel's `struct clone_args` (64 bytes).
@@ -298,6 +340,8 @@ impl Exec {
             program: c(program)?,
             argv,
             envp: vec![c("PATH=/usr/bin:/bin")?],
+            exit_code: 0,
+            stderr: None,
         })
     }
 
@@ -324,9 +368,15 @@ impl Exec {
                 std::mem::size_of::<CloneArgs>(),
             )
         };
+        let stderr = self.stderr.as_ref().map(AsRawFd::as_raw_fd);
         if pid == 0 {
-            // SAFETY: in the child, see above.
+            // SAFETY: in the child, see above (dup2 is async-signal-safe too).
             unsafe {
+                if let Some(fd) = stderr
+                    && libc::dup2(fd, 2) == -1
+                {
+                    libc::_exit(125);
+                }
                 for &fd in cgroup_procs {
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                         libc::_exit(126);
@@ -343,9 +393,10 @@ impl Exec {
         let status = wait(pid)?;
         let elapsed = began.elapsed();
         ensure!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "{:?} did not exit 0 (wait status {status:#x}; 126: cannot join the cgroup)",
-            self.program
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == self.exit_code,
+            "{:?} did not exit {} (wait status {status:#x}; 126: cannot join the cgroup)",
+            self.program,
+            self.exit_code
         );
         Ok(elapsed)
     }

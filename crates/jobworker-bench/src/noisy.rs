@@ -16,12 +16,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use futures::{StreamExt, stream};
 use jobworker_api::pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::floors::ProcessFloors;
 use crate::jobs::{self, Client};
 use crate::report::{Report, Row};
 use crate::server::{self, ALICE, Daemon, MALLORY, Options, with_daemon_options};
@@ -61,6 +62,11 @@ const STREAM_FRACTION: f64 = 0.5;
 /// What alice measured in one phase.
 struct Alice {
     starts: Vec<Duration>,
+    /// The kernel's part of a start, sampled between her starts: fork+exec, the same in new
+    /// namespaces, and also in a new cgroup in each of the daemon's hierarchies.
+    plain: Vec<Duration>,
+    namespaces: Vec<Duration>,
+    cgroup: Vec<Duration>,
     /// Her stream followed live while her job writes it.
     live: Transfer,
     /// The same output replayed once the job ended.
@@ -80,7 +86,8 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<(
         let mut alice = daemon
             .connect(context.pki.client_config_for(ALICE)?)
             .await?;
-        let quiet_before = alice_measures(&mut alice, &plan).await?;
+        let mut floors = ProcessFloors::new(daemon.cgroup_parents(), None)?;
+        let quiet_before = alice_measures(&mut alice, &mut floors, &plan).await?;
         let per_job_fds = fds_per_running_job(&mut alice, daemon).await?;
         let (quiet_fds, quiet_rss) = (daemon.open_fds()?, daemon.memory()?.rss);
 
@@ -93,13 +100,13 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<(
         ));
         let noise = Noise::begin(context, daemon, &plan).await?;
         let noisy_began = Instant::now();
-        let noisy = alice_measures(&mut alice, &plan).await;
+        let noisy = alice_measures(&mut alice, &mut floors, &plan).await;
         let alice_took = noisy_began.elapsed();
         let ended = noise.end().await;
         let _ = stop_sampling.send(true);
         let peaks = sampler.await.context("the sampler panicked")??;
         let (noisy, mallory) = (noisy?, ended?);
-        let quiet_after = alice_measures(&mut alice, &plan).await?;
+        let quiet_after = alice_measures(&mut alice, &mut floors, &plan).await?;
 
         let mut quiet_starts = quiet_before.starts.clone();
         quiet_starts.extend(&quiet_after.starts);
@@ -133,6 +140,45 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<(
             target: format!("p99 ≤ {START_FACTOR}× quiet"),
             met: Some(start_ratio <= START_FACTOR),
         });
+        let both = |pick: fn(&Alice) -> &Vec<Duration>| {
+            let mut all = pick(&quiet_before).clone();
+            all.extend(pick(&quiet_after));
+            Samples::new(all)
+        };
+        for (what, quiet, noisy) in [
+            (
+                "fork+exec+wait `/bin/true`",
+                both(|a| &a.plain),
+                Samples::new(noisy.plain.clone()),
+            ),
+            (
+                "the same in new PID, mount, net, UTS, IPC namespaces",
+                both(|a| &a.namespaces),
+                Samples::new(noisy.namespaces.clone()),
+            ),
+            (
+                "the same also in a new cgroup per hierarchy, under the jobs' parent (where \
+                 mallory's jobs run)",
+                both(|a| &a.cgroup),
+                Samples::new(noisy.cgroup.clone()),
+            ),
+        ] {
+            report.row(Row {
+                figure: "9",
+                what: format!(
+                    "floor, noisy against quiet, interleaved with alice's starts: {what}"
+                ),
+                n: noisy.len().to_string(),
+                result: noisy.summary(),
+                reference: format!("quiet p50 {}, p99 {}", ms(quiet.p50()), ms(quiet.p99())),
+                ratio: format!(
+                    "p50 {}; p99 {}",
+                    times(ratio(noisy.p50(), quiet.p50())),
+                    times(ratio(noisy.p99(), quiet.p99()))
+                ),
+                ..Row::default()
+            });
+        }
         let quiet_replay = (quiet_before.replay.rate() + quiet_after.replay.rate()) / 2.0;
         let quiet_live = (quiet_before.live.rate() + quiet_after.live.rate()) / 2.0;
         let replay_ratio = noisy.replay.rate() / quiet_replay;
@@ -201,17 +247,23 @@ fn describe_refusals(refused: &BTreeMap<String, usize>) -> String {
     }
     let parts: Vec<String> = refused
         .iter()
-        .map(|(message, count)| format!("{count} × \"{message}\""))
+        .map(|(reason, count)| format!("{count} × {reason}"))
         .collect();
     parts.join(", ")
 }
 
-/// Alice's starts (each waited for and removed, untimed), then one job writing her stream,
-/// followed live and then replayed.
-async fn alice_measures(client: &mut Client, plan: &Plan) -> anyhow::Result<Alice> {
+/// Alice's starts (each waited for and removed, untimed), interleaved with the kernel floors,
+/// then one job writing her stream, followed live and then replayed.
+async fn alice_measures(
+    client: &mut Client,
+    floors: &mut ProcessFloors,
+    plan: &Plan,
+) -> anyhow::Result<Alice> {
     let request = jobs::request(&["/bin/true"], None);
-    let mut starts = Vec::with_capacity(plan.noisy_starts);
+    let (mut starts, mut plain, mut namespaces, mut cgroup) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..WARMUP + plan.noisy_starts {
+        let floor = floors.sample_kernel(round)?;
         let began = Instant::now();
         let id = jobs::start(client, request.clone()).await?;
         let elapsed = began.elapsed();
@@ -219,6 +271,9 @@ async fn alice_measures(client: &mut Client, plan: &Plan) -> anyhow::Result<Alic
         jobs::remove(client, &id).await?;
         if round >= WARMUP {
             starts.push(elapsed);
+            plain.push(floor[0]);
+            namespaces.push(floor[1]);
+            cgroup.push(floor[2]);
         }
     }
     let bytes = plan.noisy_stream_bytes;
@@ -239,6 +294,9 @@ async fn alice_measures(client: &mut Client, plan: &Plan) -> anyhow::Result<Alic
     jobs::remove(client, &id).await?;
     Ok(Alice {
         starts,
+        plain,
+        namespaces,
+        cgroup,
         live,
         replay,
     })
@@ -266,7 +324,7 @@ struct Noise {
     /// The flood, the fork bomb and the followed `sleep`: stopped at the end.
     long_jobs: Vec<String>,
     followed: String,
-    hog: JoinHandle<anyhow::Result<(usize, usize)>>,
+    hog: JoinHandle<anyhow::Result<Hog>>,
     short: JoinHandle<anyhow::Result<(usize, Duration)>>,
     followers: Vec<JoinHandle<anyhow::Result<usize>>>,
     connections: usize,
@@ -303,8 +361,7 @@ impl Counts {
         match client.start(request).await {
             Ok(response) => Ok(Some(response.into_inner().job_id)),
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                // The quota's name is what matters; the rest of the message names the way out.
-                let reason: String = status.message().chars().take(60).collect();
+                let reason = quota_flag(status.message());
                 let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
                 *refused.entry(reason).or_default() += 1;
                 Ok(None)
@@ -312,6 +369,16 @@ impl Counts {
             Err(status) => Err(anyhow::Error::new(status).context("a Start of mallory's failed")),
         }
     }
+}
+
+/// The flag a quota refusal names, e.g. `--max-jobs-per-user` in "you have 1000 jobs, ...
+/// (--max-jobs-per-user); remove ...", else the start of the message.
+fn quota_flag(message: &str) -> String {
+    message
+        .split_once("(--")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(flag, _)| format!("--{flag}"))
+        .unwrap_or_else(|| message.chars().take(60).collect())
 }
 
 impl Noise {
@@ -418,7 +485,7 @@ impl Noise {
             }
         }
         let (short_ended, short_took) = short?;
-        let (hog_runs, hog_oom_kills) = hog?;
+        let hog = hog?;
         for result in stopped {
             result?;
         }
@@ -437,46 +504,48 @@ impl Noise {
             refused,
             short_ended,
             short_took,
-            hog_runs,
-            hog_oom_kills,
+            hog_runs: hog.runs,
+            hog_oom_kills: hog.oom_kills,
             followers,
             connections: self.connections,
         })
     }
 }
 
-/// The memory hog: `tail` keeping the last gigabyte of an endless input, which the job's memory
-/// limit ends first; restarted each time until `stop`. Returns (runs, OOM kills).
+/// The memory hog: `tail` keeping the last gigabyte of an endless pipe, which the job's memory
+/// limit (512 MiB by default) ends first; restarted each time until `stop`. (On `/dev/zero`
+/// itself `tail` would seek to the end and hold nothing.)
 async fn hog(
     mut client: Client,
     counts: Arc<Counts>,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<(usize, usize)> {
-    let request = jobs::request(&["tail", "-c", "1G", "/dev/zero"], None);
-    let (mut runs, mut oom_kills) = (0, 0);
+) -> anyhow::Result<Hog> {
+    let request = jobs::request(&["sh", "-c", "cat /dev/zero | tail -c 1G"], None);
+    let mut hog = Hog::default();
     while !*stop.borrow() {
         let Some(id) = counts.start(&mut client, request.clone()).await? else {
             // A quota: try again a little later.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        runs += 1;
+        hog.runs += 1;
         let mut waiter = client.clone();
         let status = tokio::select! {
             status = jobs::wait(&mut waiter, &id) => status?,
             _ = stop.changed() => jobs::stop(&mut client, &id).await?,
         };
         if status.state == pb::JobState::OomKilled as i32 {
-            oom_kills += 1;
-        } else if !*stop.borrow() {
-            bail!(
-                "mallory's memory hog ended with state {} ({}) instead of an OOM kill",
-                status.state,
-                status.note
-            );
+            hog.oom_kills += 1;
         }
     }
-    Ok((runs, oom_kills))
+    Ok(hog)
+}
+
+/// What the memory hog's driver saw.
+#[derive(Debug, Default)]
+struct Hog {
+    runs: usize,
+    oom_kills: usize,
 }
 
 /// `count` short jobs (`/bin/true`), `SHORT_CONCURRENCY` in flight, each waited for. Returns
@@ -723,5 +792,22 @@ fn report_bounds(report: &mut Report, bounds: &Bounds, peaks: &Peaks) {
             t.periods,
             t.throttled.as_secs_f64()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_counted_by_the_flag_it_names() {
+        assert_eq!(
+            quota_flag(
+                "you have 1000 jobs, running or ended, the most this server keeps per user \
+                 (--max-jobs-per-user); remove ended ones with `jobctl rm ID...`"
+            ),
+            "--max-jobs-per-user"
+        );
+        assert_eq!(quota_flag("no flag here"), "no flag here");
     }
 }

@@ -156,6 +156,19 @@ fn report_start(report: &mut Report, m: &Measured) {
         }),
         ..Row::default()
     });
+    if let Some(init) = &floors.init {
+        report.row(Row {
+            figure: "1",
+            what: "floor: fork+exec+wait of the jobs' init program alone (run without \
+                   arguments it exits at once): the load and start-up of a start's second exec"
+                .to_owned(),
+            n: n.clone(),
+            result: init.summary(),
+            reference: format!("plain fork+exec p50 {}", ms(floors.plain.p50())),
+            ratio: times(ratio(init.p50(), floors.plain.p50())),
+            ..Row::default()
+        });
+    }
     report.row(Row {
         figure: "1",
         what: "floor, **direct sandbox**: the library's `Worker::start` of `/bin/true` in this \
@@ -250,7 +263,7 @@ async fn start_latency(
     direct: &Direct,
 ) -> anyhow::Result<Measured> {
     let plan = context.plan;
-    let mut floors = ProcessFloors::new(durable.cgroup_parents())?;
+    let mut floors = ProcessFloors::new(durable.cgroup_parents(), Some(&context.bins.init))?;
     let tls = context.pki.client_config()?;
     let mut durable_client = durable.connect(tls.clone()).await?;
     let mut no_fsync_client = no_fsync.connect(tls).await?;
