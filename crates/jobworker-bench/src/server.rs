@@ -52,7 +52,7 @@ pub const MALLORY: &str = "mallory";
 /// Where state directories are made: the file system of the daemon's default
 /// `/var/lib/jobworker` on a usual install. Not `/tmp`, which may be a tmpfs, where the fsync of
 /// every job record would cost nothing and the durability figure would measure nothing.
-const STATE_PARENT: &str = "/var/tmp";
+pub const STATE_PARENT: &str = "/var/tmp";
 
 /// Job uids per daemon: more than any figure runs at once (figure 5 runs 1000 jobs).
 const JOB_IDS_PER_DAEMON: u32 = 4096;
