@@ -109,7 +109,13 @@ async fn running(context: &Context, report: &mut Report) -> anyhow::Result<()> {
     let options = roomy(jobs);
     with_daemon_options(&context.bins, &context.pki, &options, async |daemon| {
         let (mut client, baseline) = baseline(context, daemon).await?;
-        let request = jobs::request(&["sleep", "1000"], None);
+        // Each running job reserves its output limit in --max-total-output: a small one lets a
+        // thousand run at once, as an operator's idle jobs would.
+        let limits = pb::Limits {
+            output_bytes: Some(1 << 20),
+            ..pb::Limits::default()
+        };
+        let request = jobs::request(&["sleep", "1000"], Some(limits));
         let started: Vec<anyhow::Result<String>> = stream::iter(0..jobs)
             .map(|_| {
                 let (mut client, request) = (client.clone(), request.clone());
