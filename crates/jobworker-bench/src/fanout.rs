@@ -38,7 +38,9 @@ pub async fn measure(
             .into_iter()
             .map(|mut client| {
                 let id = id.clone();
-                tokio::spawn(async move { jobs::read_all(&mut client, &id, bytes).await })
+                tokio::spawn(async move {
+                    anyhow::Ok(jobs::read_all(&mut client, &id, bytes).await?.bytes)
+                })
             })
             .collect();
         let mut results = Vec::with_capacity(tasks.len());

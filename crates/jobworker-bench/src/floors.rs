@@ -5,8 +5,10 @@
 //!   daemon uses (without flags it is a plain fork); the same in the five namespaces every job
 //!   gets; the same also in a fresh cgroup per run with the start figure's limits (the kernel
 //!   work of an isolated, limited start, without our daemon); and `bwrap` as the best-known
-//!   sandboxing tool. They are sampled a round at a time, so that a figure can interleave them
-//!   with its own samples and a burst of other work on the machine hits all of them alike.
+//!   sandboxing tool, with the same filesystem view our jobs get ([`bwrap_args`]). They are
+//!   sampled a round at a time, so that a figure can interleave them with its own samples and a
+//!   burst of other work on the machine hits all of them alike. The library's own sandbox,
+//!   driven in-process, is the direct floor of [`crate::direct`].
 //! - The byte-moving floor: one loopback TLS 1.3 connection with the daemon's and the client's
 //!   rustls configurations, 64 KiB writes, no gRPC.
 
@@ -57,12 +59,16 @@ pub struct ProcessFloors {
     true_: Exec,
     /// `None` if bubblewrap is not installed.
     bwrap: Option<Exec>,
+    /// The jobs' init program run without arguments (it refuses and exits 2): what its load
+    /// and start-up cost, the second exec of every start. `None` when not asked for.
+    init: Option<Exec>,
     /// The daemon's job cgroup parents (one per v1 hierarchy), and the limit files each has.
     cgroup_parents: Vec<(PathBuf, Vec<(&'static str, &'static str)>)>,
     plain: Vec<Duration>,
     namespaces: Vec<Duration>,
     cgroup: Vec<Duration>,
     bwrap_runs: Vec<Duration>,
+    init_runs: Vec<Duration>,
 }
 
 /// What the process floors measured.
@@ -73,14 +79,17 @@ pub struct FloorSamples {
     pub namespaces: Samples,
     /// The same also in a fresh, limited cgroup.
     pub cgroup: Samples,
-    /// The whole `bwrap --unshare-all --dev-bind / / true` process; `None` if not installed.
+    /// The whole `bwrap` process with our jobs' view ([`bwrap_args`]); `None` if not installed.
     pub bwrap: Option<Samples>,
+    /// fork+exec+wait of the init program alone; `None` if not asked for.
+    pub init: Option<Samples>,
 }
 
 impl ProcessFloors {
     /// Prepares the floors; the cgroup floor uses `cgroup_parents` (the daemon's), so that it
-    /// works in the same hierarchies with the same controllers.
-    pub fn new(cgroup_parents: &[PathBuf]) -> anyhow::Result<ProcessFloors> {
+    /// works in the same hierarchies with the same controllers. With `init`, the jobs' init
+    /// program is sampled too.
+    pub fn new(cgroup_parents: &[PathBuf], init: Option<&Path>) -> anyhow::Result<ProcessFloors> {
         ensure!(
             !cgroup_parents.is_empty(),
             "the daemon reported no cgroup parents"
@@ -88,10 +97,9 @@ impl ProcessFloors {
         let bwrap = match find_in_path("bwrap") {
             Some(path) => {
                 let program = path.to_str().context("the path of bwrap is not UTF-8")?;
-                Some(Exec::new(
-                    program,
-                    &["--unshare-all", "--dev-bind", "/", "/", "true"],
-                )?)
+                let args = bwrap_args()?;
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Some(Exec::new(program, &args)?)
             }
             None => None,
         };
@@ -99,14 +107,29 @@ impl ProcessFloors {
             .iter()
             .map(|parent| (parent.clone(), limit_files(parent)))
             .collect();
+        let init = match init {
+            Some(path) => {
+                let program = path
+                    .to_str()
+                    .context("the init program's path is not UTF-8")?;
+                let mut exec = Exec::new(program, &[])?;
+                // Run under another name it is not an init: it says so on stderr and exits 2.
+                exec.exit_code = 2;
+                exec.stderr = Some(File::options().write(true).open("/dev/null")?);
+                Some(exec)
+            }
+            None => None,
+        };
         Ok(ProcessFloors {
             true_: Exec::new("/bin/true", &[])?,
             bwrap,
+            init,
             cgroup_parents,
             plain: Vec::new(),
             namespaces: Vec::new(),
             cgroup: Vec::new(),
             bwrap_runs: Vec::new(),
+            init_runs: Vec::new(),
         })
     }
 
@@ -117,6 +140,7 @@ impl ProcessFloors {
             namespaces: Samples::new(self.namespaces),
             cgroup: Samples::new(self.cgroup),
             bwrap: self.bwrap.map(|_| Samples::new(self.bwrap_runs)),
+            init: self.init.map(|_| Samples::new(self.init_runs)),
         }
     }
 
@@ -130,13 +154,28 @@ impl ProcessFloors {
             .as_ref()
             .map(|bwrap| bwrap.run(0, &[]))
             .transpose()?;
+        let init = self
+            .init
+            .as_ref()
+            .map(|init| init.run(0, &[]))
+            .transpose()?;
         if keep {
             self.plain.push(plain);
             self.namespaces.push(namespaces);
             self.cgroup.push(cgroup);
             self.bwrap_runs.extend(bwrap);
+            self.init_runs.extend(init);
         }
         Ok(())
+    }
+
+    /// Only the kernel's floors, for figures that need no more: plain fork+exec, the same in
+    /// the namespaces, and also in fresh cgroups. Returns them in that order.
+    pub fn sample_kernel(&mut self, round: usize) -> anyhow::Result<[Duration; 3]> {
+        let plain = self.true_.run(0, &[])?;
+        let namespaces = self.true_.run(NAMESPACES, &[])?;
+        let cgroup = self.in_new_cgroups(round)?;
+        Ok([plain, namespaces, cgroup])
     }
 
     /// `/bin/true` in the namespaces and in a fresh cgroup in every hierarchy, made as the
@@ -179,6 +218,40 @@ impl ProcessFloors {
         self.true_.run(NAMESPACES, &fds)?;
         Ok(began.elapsed())
     }
+}
+
+/// bubblewrap's arguments for the view a job gets by default: every new namespace, the
+/// daemon's default read-only paths where they exist (a symlink such as `/bin -> usr/bin`
+/// recreated as a symlink, as the job's init does), private tmpfs on `/tmp`, `/var/tmp`, `/run`
+/// and `/dev/shm`, a minimal `/dev` and a fresh `/proc`; then `/bin/true`.
+///
+/// Left out, so bwrap does a little less than a job's init: the read-only `/sys`, the masked
+/// `/proc` paths, the hostname, bringing `lo` up, the uid change and the syscall filter.
+pub fn bwrap_args() -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = ["--unshare-all", "--die-with-parent"]
+        .map(str::to_owned)
+        .to_vec();
+    for path in jobworker::DEFAULT_RO_PATHS {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path)
+                .with_context(|| format!("cannot read the symlink {path}"))?;
+            let target = target
+                .to_str()
+                .with_context(|| format!("the target of {path} is not UTF-8"))?;
+            args.extend(["--symlink", target, path].map(str::to_owned));
+        } else {
+            args.extend(["--ro-bind", path, path].map(str::to_owned));
+        }
+    }
+    args.extend(["--dev", "/dev", "--proc", "/proc"].map(str::to_owned));
+    for tmpfs in ["/tmp", "/var/tmp", "/run", "/dev/shm"] {
+        args.extend(["--tmpfs", tmpfs].map(str::to_owned));
+    }
+    args.push("/bin/true".to_owned());
+    Ok(args)
 }
 
 /// The limit files a hierarchy has (a parent has the same ones as its children).
@@ -236,6 +309,10 @@ struct Exec {
     argv: Vec<CString>,
     /// bwrap looks its command up in PATH; /bin/true ignores it.
     envp: Vec<CString>,
+    /// The exit status that counts as success.
+    exit_code: i32,
+    /// Where the child's stderr goes, if not to ours.
+    stderr: Option<File>,
 }
 
 /// The first version of the kernel's `struct clone_args` (64 bytes).
@@ -263,6 +340,8 @@ impl Exec {
             program: c(program)?,
             argv,
             envp: vec![c("PATH=/usr/bin:/bin")?],
+            exit_code: 0,
+            stderr: None,
         })
     }
 
@@ -289,9 +368,15 @@ impl Exec {
                 std::mem::size_of::<CloneArgs>(),
             )
         };
+        let stderr = self.stderr.as_ref().map(AsRawFd::as_raw_fd);
         if pid == 0 {
-            // SAFETY: in the child, see above.
+            // SAFETY: in the child, see above (dup2 is async-signal-safe too).
             unsafe {
+                if let Some(fd) = stderr
+                    && libc::dup2(fd, 2) == -1
+                {
+                    libc::_exit(125);
+                }
                 for &fd in cgroup_procs {
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                         libc::_exit(126);
@@ -308,9 +393,10 @@ impl Exec {
         let status = wait(pid)?;
         let elapsed = began.elapsed();
         ensure!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "{:?} did not exit 0 (wait status {status:#x}; 126: cannot join the cgroup)",
-            self.program
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == self.exit_code,
+            "{:?} did not exit {} (wait status {status:#x}; 126: cannot join the cgroup)",
+            self.program,
+            self.exit_code
         );
         Ok(elapsed)
     }

@@ -16,6 +16,9 @@ pub struct Machine {
     pub cgroup: String,
     /// The 1-minute load average when the run began: other work on a shared machine.
     pub load_at_start: String,
+    /// The file system the daemons' state directories are on, e.g. "ext4 on /dev/vda": what
+    /// an fsync and a cold read cost depends on it.
+    pub state_fs: String,
 }
 
 impl Machine {
@@ -42,8 +45,24 @@ impl Machine {
             kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
             cgroup: cgroup_version(),
             load_at_start: load_average(),
+            state_fs: file_system_of(Path::new(crate::server::STATE_PARENT)),
         }
     }
+}
+
+/// "TYPE on DEVICE" of the mount holding `path` (the longest mount point that contains it).
+fn file_system_of(path: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), format!("{kind} on {device}")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".to_owned(), |(_, fs)| fs)
 }
 
 /// The 1-minute load average now.

@@ -2,6 +2,7 @@
 //! the same work in the same run, and prints the figures as a markdown table.
 //!
 //! ```text
+//! sudo apt-get install bubblewrap                     # the sandboxing anchor of figure 1
 //! cargo build --release --workspace --locked          # the daemon and jobctl it drives
 //! sudo cargo run --release --locked -p jobworker-bench -- [--quick] [--out docs/benchmarks.md]
 //! ```
@@ -15,21 +16,31 @@
 //!
 //! - [`server`]: the development PKI, and a real `jobworkerd` process per figure, guarded so that
 //!   no daemon, job or cgroup outlives the run.
-//! - [`jobs`]: the few client calls the figures make (start, wait, read output, stop).
-//! - [`floors`]: fork+exec, namespaces, bubblewrap, and plain loopback TLS.
-//! - [`start`]: figures 1 and 2, start latency over a warm connection and through `jobctl`.
+//! - [`jobs`]: the client calls the figures make (start, wait, remove, list, read output, stop).
+//! - [`floors`]: fork+exec, namespaces, a cgroup, bubblewrap, and plain loopback TLS.
+//! - [`direct`]: the library's own start in this process, without daemon or RPC.
+//! - [`start`]: figures 1, 2 and 6, start latency over a warm connection and through `jobctl`,
+//!   and what fsync'ing job records costs it.
 //! - [`throughput`]: figure 3, one client reading a job's output after and while it is written.
 //! - [`fanout`]: figure 4, many clients following one job.
 //! - [`footprint`]: figure 5, the daemon's memory at rest and at scale.
+//! - [`reload`]: figure 7, a daemon starting on a state directory of many ended jobs.
+//! - [`output_cpu`]: figure 8, who pays for storing a CPU-limited job's output.
+//! - [`noisy`]: figure 9, one user's starts and streams while another makes all the noise he
+//!   can, and the daemon's bounds meanwhile.
 //! - [`stats`]: percentiles, rates and how they are printed.
 //! - [`report`]: the table, the errors, and the markdown file.
 //! - [`machine`]: what the numbers were measured on.
 
+mod direct;
 mod fanout;
 mod floors;
 mod footprint;
 mod jobs;
 mod machine;
+mod noisy;
+mod output_cpu;
+mod reload;
 mod report;
 mod server;
 mod start;
@@ -51,7 +62,8 @@ use crate::server::{Binaries, Pki};
 #[command(
     name = "jobworker-bench",
     about = "Benchmarks a real jobworkerd against the machine's floors (run as root)",
-    after_help = "Build the daemon and the CLI first: cargo build --release --workspace --locked"
+    after_help = "Build the daemon and the CLI first: cargo build --release --workspace --locked\n\
+                  Install bubblewrap (apt-get install bubblewrap): figure 1 compares with it."
 )]
 struct Args {
     /// Small sizes, for CI: checks that every figure still runs without errors.
@@ -69,7 +81,7 @@ struct Args {
 /// The figures, as `--only` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Figure {
-    /// Figures 1 and 2: start latency, warm and through jobctl.
+    /// Figures 1, 2 and 6: start latency, warm and through jobctl, and durability's cost.
     Start,
     /// Figure 3: one client's throughput, replay and live.
     Throughput,
@@ -77,6 +89,12 @@ enum Figure {
     Fanout,
     /// Figure 5: the daemon's memory at rest and at scale.
     Footprint,
+    /// Figure 7: a daemon's start-up on a state directory of many ended jobs.
+    Reload,
+    /// Figure 8: the daemon's CPU per GB of a CPU-limited job's output.
+    OutputCpu,
+    /// Figure 9: a noisy neighbour.
+    Noisy,
 }
 
 /// How much each figure measures: the issue's sizes, or small ones for CI.
@@ -100,10 +118,24 @@ pub struct Plan {
     pub footprint_items: usize,
     /// Output of each finished job, and what each held stream has read (figure 5).
     pub footprint_output: u64,
+    /// Ended jobs in the reloaded state directory (figure 7).
+    pub reload_jobs: usize,
+    /// Restarts of each kind (figure 7).
+    pub reload_reps: usize,
+    /// Output of the CPU-limited job (figure 8).
+    pub throttled_bytes: u64,
+    /// Alice's timed starts in each phase (figure 9).
+    pub noisy_starts: usize,
+    /// Alice's stream (figure 9).
+    pub noisy_stream_bytes: u64,
+    /// Mallory's short jobs (figure 9).
+    pub noisy_short_jobs: usize,
+    /// Mallory's idle followers (figure 9).
+    pub noisy_followers: usize,
 }
 
 impl Plan {
-    /// The sizes of issue 6.
+    /// The sizes of issues 6, 9, 10 and 11.
     const FULL: Plan = Plan {
         warmup: 20,
         starts: 500,
@@ -114,9 +146,16 @@ impl Plan {
         fanout_bytes: 256 << 20,
         footprint_items: 1000,
         footprint_output: 1 << 20,
+        reload_jobs: 10_000,
+        reload_reps: 3,
+        throttled_bytes: 256 << 20,
+        noisy_starts: 200,
+        noisy_stream_bytes: 256 << 20,
+        noisy_short_jobs: 1000,
+        noisy_followers: 500,
     };
 
-    /// Small enough for CI (well under two minutes), large enough to exercise every path.
+    /// Small enough for CI (about a minute), large enough to exercise every path.
     const QUICK: Plan = Plan {
         warmup: 5,
         starts: 50,
@@ -127,6 +166,13 @@ impl Plan {
         fanout_bytes: 16 << 20,
         footprint_items: 50,
         footprint_output: 1 << 20,
+        reload_jobs: 200,
+        reload_reps: 1,
+        throttled_bytes: 16 << 20,
+        noisy_starts: 20,
+        noisy_stream_bytes: 32 << 20,
+        noisy_short_jobs: 100,
+        noisy_followers: 50,
     };
 }
 
@@ -136,7 +182,7 @@ pub struct Context {
     pub plan: Plan,
     /// `jobworkerd` and `jobctl`.
     pub bins: Binaries,
-    /// Certificates for the daemon and the client (user `bench`).
+    /// Certificates for the daemon and the clients (users `bench`, `alice`, `mallory`).
     pub pki: Pki,
 }
 
@@ -203,9 +249,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 async fn run_figures(context: &Context, report: &mut Report, only: &[Figure]) {
     let wanted = |figure| only.is_empty() || only.contains(&figure);
     if wanted(Figure::Start) {
-        let began = announce("figures 1-2: start latency");
+        let began = announce("figures 1, 2, 6: start latency, durability");
         let result = start::measure(context, report).await;
-        finished(report, "figures 1-2", began, result);
+        finished(report, "figures 1, 2, 6", began, result);
     }
     let mut tls_floor = None;
     if wanted(Figure::Throughput) {
@@ -224,6 +270,21 @@ async fn run_figures(context: &Context, report: &mut Report, only: &[Figure]) {
         let began = announce("figure 5: footprint");
         let result = footprint::measure(context, report).await;
         finished(report, "figure 5", began, result);
+    }
+    if wanted(Figure::Reload) {
+        let began = announce("figure 7: reload");
+        let result = reload::measure(context, report).await;
+        finished(report, "figure 7", began, result);
+    }
+    if wanted(Figure::OutputCpu) {
+        let began = announce("figure 8: output CPU of a CPU-limited job");
+        let result = output_cpu::measure(context, report).await;
+        finished(report, "figure 8", began, result);
+    }
+    if wanted(Figure::Noisy) {
+        let began = announce("figure 9: noisy neighbour");
+        let result = noisy::measure(context, report).await;
+        finished(report, "figure 9", began, result);
     }
 }
 

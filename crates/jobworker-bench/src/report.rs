@@ -143,16 +143,18 @@ impl Report {
         push(
             &mut md,
             &format!(
-                "Machine: {} CPUs ({}), {} memory, kernel {}, cgroup {}. Load average (1 min) {} \
-                 at the start, {} at the end: the machine is shared, other work runs beside the \
-                 benchmark, so compare the ratios (each figure and its floor come from the same \
-                 run, latencies interleaved round by round), not absolute numbers across runs. \
-                 The benchmark's clients run on the same CPUs as the daemon.",
+                "Machine: {} CPUs ({}), {} memory, kernel {}, cgroup {}, state directories on {}. \
+                 Load average (1 min) {} at the start, {} at the end: the machine is shared, \
+                 other work runs beside the benchmark, so compare the ratios (each figure and \
+                 its floor come from the same run, latencies interleaved round by round), not \
+                 absolute numbers across runs. The benchmark's clients run on the same CPUs as \
+                 the daemon.",
                 m.cpus,
                 m.cpu_model,
                 stats::size(m.memory),
                 m.kernel,
                 m.cgroup,
+                m.state_fs,
                 m.load_at_start,
                 self.load_at_end,
             ),

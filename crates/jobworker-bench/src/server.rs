@@ -5,6 +5,9 @@
 //! belongs to that figure alone. A [`Daemon`] is a guard: however a figure ends, the daemon is
 //! sent SIGTERM (which stops its jobs and removes their cgroups) and, if it does not exit, is
 //! killed and its cgroups removed here.
+//!
+//! Daemons run side by side (a figure compares two, another agent's tests may run daemons on
+//! the same machine), so each gets its own state directory, cgroup parent and job uid range.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader};
@@ -35,8 +38,24 @@ const STOP_GRACE: &str = "2s";
 /// How many of the daemon's last log lines are kept for error messages.
 const LOG_TAIL: usize = 20;
 
-/// The client identity the benchmark uses (an ordinary user, not an admin).
-const USER: &str = "bench";
+/// How many of the daemon's warnings and errors are quoted in full (all are counted).
+const PROBLEMS_KEPT: usize = 10;
+
+/// The client identity most figures use (an ordinary user, not an admin).
+pub const USER: &str = "bench";
+
+/// The users of the noisy-neighbour figure: the one measured, and the one making the noise.
+pub const ALICE: &str = "alice";
+/// See [`ALICE`].
+pub const MALLORY: &str = "mallory";
+
+/// Where state directories are made: the file system of the daemon's default
+/// `/var/lib/jobworker` on a usual install. Not `/tmp`, which may be a tmpfs, where the fsync of
+/// every job record would cost nothing and the durability figure would measure nothing.
+pub const STATE_PARENT: &str = "/var/tmp";
+
+/// Job uids per daemon: more than any figure runs at once (figure 5 runs 1000 jobs).
+const JOB_IDS_PER_DAEMON: u32 = 4096;
 
 /// The binaries the benchmark drives.
 pub struct Binaries {
@@ -44,6 +63,9 @@ pub struct Binaries {
     pub jobworkerd: PathBuf,
     /// The command-line client.
     pub jobctl: PathBuf,
+    /// The program the daemon execs as each job's init: `jobworker-init` beside it if built,
+    /// else the daemon itself (the library's rule); the direct-sandbox floor uses the same.
+    pub init: PathBuf,
 }
 
 impl Binaries {
@@ -66,14 +88,18 @@ impl Binaries {
                 ))
             }
         };
+        let jobworkerd = find("jobworkerd")?;
+        let init = find("jobworker-init").unwrap_or_else(|_| jobworkerd.clone());
         Ok(Binaries {
-            jobworkerd: find("jobworkerd")?,
+            jobworkerd,
             jobctl: find("jobctl")?,
+            init,
         })
     }
 }
 
-/// A development PKI (CA, server, client `bench`) in a temporary directory.
+/// A development PKI (CA, server, clients `bench`, `alice` and `mallory`) in a temporary
+/// directory.
 pub struct Pki {
     /// Holds the files; removed on drop.
     dir: TempDir,
@@ -86,7 +112,8 @@ impl Pki {
             .prefix("jobworker-bench-pki-")
             .tempdir()
             .context("cannot create a directory for the PKI")?;
-        jobworker_api::pki::init(dir.path(), &[USER.to_owned()], &[], 1, false)
+        let users = [USER, ALICE, MALLORY].map(str::to_owned);
+        jobworker_api::pki::init(dir.path(), &users, &[], 1, false)
             .context("cannot create the development PKI")?;
         Ok(Pki { dir })
     }
@@ -96,14 +123,27 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    /// The client's certificate and key files.
+    /// The certificate and key files of user `bench`.
     pub fn client_files(&self) -> (PathBuf, PathBuf) {
-        (self.file("bench.pem"), self.file("bench.key"))
+        self.user_files(USER)
     }
 
-    /// The client side of the TLS policy, as `jobctl` builds it.
+    /// The certificate and key files of `user`.
+    fn user_files(&self, user: &str) -> (PathBuf, PathBuf) {
+        (
+            self.file(&format!("{user}.pem")),
+            self.file(&format!("{user}.key")),
+        )
+    }
+
+    /// The client side of the TLS policy for user `bench`, as `jobctl` builds it.
     pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        let (cert, key) = self.client_files();
+        self.client_config_for(USER)
+    }
+
+    /// The client side of the TLS policy for `user`.
+    pub fn client_config_for(&self, user: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let (cert, key) = self.user_files(user);
         Ok(jobworker_api::tls::client_config(
             &self.file("ca.pem"),
             &cert,
@@ -121,6 +161,49 @@ impl Pki {
     }
 }
 
+/// A fresh, empty state directory (0700, as the daemon makes it) on the disk a production
+/// daemon's state lives on; removed on drop.
+pub fn state_dir() -> anyhow::Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix("jobworker-bench-state-")
+        .tempdir_in(STATE_PARENT)
+        .with_context(|| format!("cannot create a state directory in {STATE_PARENT}"))
+}
+
+/// A range of job uids (`FIRST-LAST`) of its own for one daemon or worker, picked at random so
+/// that daemons running at once (this run's, or other tests' on the machine) do not collide: a
+/// daemon refuses to start on a range another running one holds.
+pub fn random_job_ids() -> (u32, u32) {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let block = u32::from(u16::from_le_bytes([bytes[0], bytes[1]]));
+    // Clear of system accounts, systemd's DynamicUser range, the daemon's default range
+    // (0x70000000) and the test kit's blocks (from 1,000,000,000, 64 M ids).
+    let first = 1_200_000_000 + block * JOB_IDS_PER_DAEMON;
+    (first, first + JOB_IDS_PER_DAEMON - 1)
+}
+
+/// How a daemon is started, beyond what every benchmark daemon gets.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Keep state in this directory (which outlives the daemon); a fresh one when `None`.
+    pub state_dir: Option<PathBuf>,
+    /// Put job cgroups below this parent (e.g. a second daemon on the same state directory);
+    /// a unique one when `None`.
+    pub cgroup_parent: Option<String>,
+    /// More `jobworkerd serve` flags.
+    pub args: Vec<String>,
+}
+
+impl Options {
+    /// Default settings plus `args`.
+    pub fn with_args(args: &[&str]) -> Options {
+        Options {
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            ..Options::default()
+        }
+    }
+}
+
 /// A running `jobworkerd serve` with its own state directory and cgroup parent.
 pub struct Daemon {
     /// `None` once it has been stopped and reaped.
@@ -131,10 +214,19 @@ pub struct Daemon {
     cgroup_parents: Vec<PathBuf>,
     /// Warnings and errors the daemon logged: a benchmark run must cause none.
     problems: Arc<AtomicUsize>,
+    /// The first of them, quoted in the error.
+    first_problems: Arc<Mutex<Vec<String>>>,
     /// The daemon's last log lines, for error messages.
     tail: Arc<Mutex<VecDeque<String>>>,
-    /// Job output logs; removed on drop, after the daemon is gone (field order).
-    _state: TempDir,
+    /// When it was spawned.
+    spawned: Instant,
+    /// From the exec to the line saying it listens (its start-up, reloading included).
+    startup: Duration,
+    /// Its `--state-dir`.
+    state_path: PathBuf,
+    /// The state directory when the daemon made it; removed on drop, after the daemon is gone
+    /// (field order).
+    _state: Option<TempDir>,
 }
 
 /// The daemon's memory, from `/proc/PID/status`.
@@ -147,16 +239,30 @@ pub struct Memory {
 }
 
 impl Daemon {
-    /// Starts a daemon on a free loopback port and waits until it listens.
+    /// Starts a daemon on a free loopback port with default settings and waits until it
+    /// listens.
+    pub fn start(bins: &Binaries, pki: &Pki) -> anyhow::Result<Daemon> {
+        Daemon::start_with(bins, pki, &Options::default())
+    }
+
+    /// Starts a daemon with `options` and waits until it listens.
     ///
     /// Blocks for the daemon's start-up (tens of milliseconds); nothing else runs then.
-    pub fn start(bins: &Binaries, pki: &Pki) -> anyhow::Result<Daemon> {
-        let state = tempfile::Builder::new()
-            .prefix("jobworker-bench-state-")
-            .tempdir()
-            .context("cannot create the daemon's state directory")?;
+    pub fn start_with(bins: &Binaries, pki: &Pki, options: &Options) -> anyhow::Result<Daemon> {
+        let (state, state_path) = match &options.state_dir {
+            Some(path) => (None, path.clone()),
+            None => {
+                let state = state_dir()?;
+                let path = state.path().to_owned();
+                (Some(state), path)
+            }
+        };
         // Unique, so that concurrent runs and tests never share (or clean up) each other's jobs.
-        let cgroup_parent = format!("bench-{}", uuid::Uuid::new_v4());
+        let cgroup_parent = options
+            .cgroup_parent
+            .clone()
+            .unwrap_or_else(|| format!("bench-{}", uuid::Uuid::new_v4()));
+        let (first, last) = random_job_ids();
         let mut command = Command::new(&bins.jobworkerd);
         command
             .arg("serve")
@@ -168,9 +274,11 @@ impl Daemon {
             .arg("--key")
             .arg(pki.file("server.key"))
             .arg("--state-dir")
-            .arg(state.path())
+            .arg(&state_path)
             .args(["--cgroup-parent", &cgroup_parent])
+            .args(["--job-ids", &format!("{first}-{last}")])
             .args(["--stop-grace", STOP_GRACE])
+            .args(&options.args)
             // No JOBWORKER_* setting of the caller's shell may change what is measured; info is
             // the level the daemon runs at in production (it logs every start).
             .env_clear()
@@ -191,6 +299,7 @@ impl Daemon {
                 Ok(())
             });
         }
+        let spawned = Instant::now();
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot run {}", bins.jobworkerd.display()))?;
@@ -200,9 +309,11 @@ impl Daemon {
             .context("the daemon's stderr is not piped")?;
 
         let problems = Arc::new(AtomicUsize::new(0));
+        let first_problems = Arc::new(Mutex::new(Vec::new()));
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
         let (listening_tx, listening_rx) = mpsc::channel();
-        let (problems_w, tail_w) = (problems.clone(), tail.clone());
+        let (problems_w, first_w, tail_w) =
+            (problems.clone(), first_problems.clone(), tail.clone());
         // Drains the daemon's log for its whole life (a full pipe would block it).
         std::thread::spawn(move || {
             let mut listening_tx = Some(listening_tx);
@@ -210,11 +321,15 @@ impl Daemon {
                 let Ok(line) = line else { break };
                 if line.contains(" WARN ") || line.contains(" ERROR ") {
                     problems_w.fetch_add(1, Ordering::Relaxed);
+                    let mut first = first_w.lock().unwrap_or_else(|e| e.into_inner());
+                    if first.len() < PROBLEMS_KEPT {
+                        first.push(line.clone());
+                    }
                 }
                 if line.contains("jobworkerd listening")
                     && let Some(tx) = listening_tx.take()
                 {
-                    let _ = tx.send(line.clone());
+                    let _ = tx.send((line.clone(), Instant::now()));
                 }
                 let mut tail = tail_w.lock().unwrap_or_else(|e| e.into_inner());
                 if tail.len() == LOG_TAIL {
@@ -229,10 +344,14 @@ impl Daemon {
             address: String::new(),
             cgroup_parents: Vec::new(),
             problems,
+            first_problems,
             tail,
+            spawned,
+            startup: Duration::ZERO,
+            state_path,
             _state: state,
         };
-        let line = listening_rx.recv_timeout(START_TIMEOUT).map_err(|_| {
+        let (line, listening) = listening_rx.recv_timeout(START_TIMEOUT).map_err(|_| {
             anyhow::anyhow!(
                 "jobworkerd did not log `jobworkerd listening listen=ADDRESS` within \
                  {START_TIMEOUT:?}; its log ends with:\n{}",
@@ -243,7 +362,29 @@ impl Daemon {
             .context("the daemon's listening line has no listen= field")?
             .to_owned();
         daemon.cgroup_parents = cgroup_parents(&line);
+        daemon.startup = listening.duration_since(spawned);
         Ok(daemon)
+    }
+
+    /// From the exec to the line saying it listens: its whole start-up, reloading the state
+    /// directory included (it listens only once the worker is ready).
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+
+    /// When it was spawned (just before the exec).
+    pub fn spawned(&self) -> Instant {
+        self.spawned
+    }
+
+    /// Its state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// How many file descriptors the daemon has open now.
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        open_fds(self.pid()?)
     }
 
     /// The daemon's process id.
@@ -277,22 +418,7 @@ impl Daemon {
 
     /// The daemon's memory now, and its peak so far.
     pub fn memory(&self) -> anyhow::Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid()?);
-        let status =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let kib = |key: &str| -> anyhow::Result<u64> {
-            let value = status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .and_then(|rest| rest.trim().strip_suffix("kB"))
-                .and_then(|number| number.trim().parse::<u64>().ok())
-                .with_context(|| format!("{path} has no {key} line in kB"))?;
-            Ok(value * 1024)
-        };
-        Ok(Memory {
-            rss: kib("VmRSS:")?,
-            peak: kib("VmHWM:")?,
-        })
+        memory(self.pid()?)
     }
 
     /// CPU time (user and system) the daemon has used so far.
@@ -351,8 +477,14 @@ impl Daemon {
         std::thread::sleep(Duration::from_millis(50));
         let problems = self.problems.load(Ordering::Relaxed);
         if problems > 0 {
+            let first = self
+                .first_problems
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .join("\n  ");
             bail!(
-                "jobworkerd logged {problems} warning(s) or error(s); its log ends with:\n{}",
+                "jobworkerd logged {problems} warning(s) or error(s), the first:\n  {first}\nits log \
+                 ends with:\n{}",
                 self.log_tail()
             );
         }
@@ -374,7 +506,17 @@ pub async fn with_daemon<T>(
     pki: &Pki,
     measure: impl AsyncFnOnce(&Daemon) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let daemon = Daemon::start(bins, pki)?;
+    with_daemon_options(bins, pki, &Options::default(), measure).await
+}
+
+/// [`with_daemon`] with a daemon started with `options`.
+pub async fn with_daemon_options<T>(
+    bins: &Binaries,
+    pki: &Pki,
+    options: &Options,
+    measure: impl AsyncFnOnce(&Daemon) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let daemon = Daemon::start_with(bins, pki, options)?;
     let measured = measure(&daemon).await;
     let stopped = daemon.stop().await;
     let value = measured?;
@@ -482,6 +624,61 @@ fn cgroup_parents(line: &str) -> Vec<PathBuf> {
         .filter(|path| !path.is_empty())
         .map(PathBuf::from)
         .collect()
+}
+
+/// The memory of process `pid`, from `/proc/PID/status`.
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        let value = status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|number| number.trim().parse::<u64>().ok())
+            .with_context(|| format!("{path} has no {key} line in kB"))?;
+        Ok(value * 1024)
+    };
+    Ok(Memory {
+        rss: kib("VmRSS:")?,
+        peak: kib("VmHWM:")?,
+    })
+}
+
+/// How many file descriptors process `pid` has open now.
+pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(std::fs::read_dir(&path)
+        .with_context(|| format!("cannot list {path}"))?
+        .count())
+}
+
+/// The disk space the files under `dir` take (as `du` counts it: allocated blocks).
+pub fn du(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Removed meanwhile (the daemon removes jobs while we count).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot stat {}", entry.path().display()));
+            }
+        };
+        total += meta.blocks() * 512;
+        if meta.is_dir() {
+            match du(&entry.path()) {
+                Ok(bytes) => total += bytes,
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// User plus system CPU time of a process (`self` for this one), from `/proc/PID/stat`.

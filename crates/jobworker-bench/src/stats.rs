@@ -69,6 +69,11 @@ pub fn median_rate(transfers: &[Transfer]) -> Option<Transfer> {
     sorted.get(sorted.len() / 2).copied()
 }
 
+/// CPU seconds per decimal GB moved.
+pub fn per_gb(time: Duration, bytes: u64) -> f64 {
+    time.as_secs_f64() / (bytes as f64 / 1e9).max(1e-12)
+}
+
 /// A latency in milliseconds.
 pub fn ms(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1e3)

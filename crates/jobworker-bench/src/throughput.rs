@@ -3,13 +3,18 @@
 //!
 //! The three measurements are interleaved (floor, replay, live, floor, …) so that a burst of
 //! other work on the machine hits all three alike; the median of the repetitions is reported.
+//! The CPU each side used is reported per GB: the daemon's (which only reads the log: the
+//! job's init copies the output into it, charged to the job's cgroup), this process's (the
+//! client), and the job's own, from its final status.
 
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use crate::jobs::{self, Client};
 use crate::report::{Report, Row};
 use crate::server::{Daemon, cpu_time, with_daemon};
-use crate::stats::{self, Transfer, gbps, mb, median_rate, size, times};
+use crate::stats::{self, Transfer, gbps, mb, median_rate, per_gb, size, times};
 use crate::{Context, floors};
 
 /// CPU time used during the measurements of one kind, by the daemon and by this process
@@ -18,13 +23,6 @@ use crate::{Context, floors};
 struct Cpu {
     server: Duration,
     client: Duration,
-}
-
-impl Cpu {
-    /// CPU seconds per decimal GB moved.
-    fn per_gb(time: Duration, bytes: u64) -> f64 {
-        time.as_secs_f64() / (bytes as f64 / 1e9)
-    }
 }
 
 /// Runs `measure`, adding the CPU time the daemon and this process used meanwhile to `cpu`.
@@ -49,7 +47,9 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<f
         let mut client = daemon.connect(context.pki.client_config()?).await?;
         // The replayed job: written once, read back in every repetition.
         let finished = jobs::start(&mut client, jobs::zeros(bytes)).await?;
-        jobs::wait_ended(&mut client, &finished).await?;
+        let replayed = jobs::wait_ended(&mut client, &finished).await?;
+        // The jobs' own CPU (`head` and the init's copy into the log), from their final status.
+        let mut job_cpu = jobs::cpu_time(&replayed);
 
         let (mut floor, mut replay, mut live) = (Vec::new(), Vec::new(), Vec::new());
         let (mut floor_cpu, mut replay_cpu, mut live_cpu) =
@@ -63,19 +63,26 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<f
             );
             replay.push(
                 metered(daemon, &mut replay_cpu, async || {
-                    timed_read(&mut client, &finished, bytes).await
+                    Ok(timed_read(&mut client, &finished, bytes).await?.0)
                 })
                 .await?,
             );
             let writing = jobs::start(&mut client, jobs::zeros(bytes)).await?;
+            let mut end = None;
             live.push(
                 metered(daemon, &mut live_cpu, async || {
-                    timed_read(&mut client, &writing, bytes).await
+                    let (transfer, status) = timed_read(&mut client, &writing, bytes).await?;
+                    end = Some(status);
+                    Ok(transfer)
                 })
                 .await?,
             );
-            jobs::wait_ended(&mut client, &writing).await?;
+            let end = end.context("the live read returned no final status")?;
+            jobs::check_exit_zero(&end)?;
+            job_cpu += jobs::cpu_time(&end);
+            jobs::remove(&mut client, &writing).await?;
         }
+        jobs::remove(&mut client, &finished).await?;
         let peak = daemon.memory()?.peak;
 
         let (Some(floor), Some(replay), Some(live)) = (
@@ -118,16 +125,32 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<f
             met: Some(live_ratio >= 0.8),
         });
         let total = bytes * plan.stream_reps as u64;
+        report.row(Row {
+            figure: "3c",
+            what: "**daemon CPU per GB of live output** (following it live; the job's init \
+                   copies it into the log, in the job's cgroup)"
+                .to_owned(),
+            n: format!("{} ×{}", size(bytes), plan.stream_reps),
+            result: format!("{:.2} CPU-s/GB", per_gb(live_cpu.server, total)),
+            reference: format!(
+                "replay {:.2}; TLS floor {:.2} (both ends)",
+                per_gb(replay_cpu.server, total),
+                per_gb(floor_cpu.client, total)
+            ),
+            ratio: times(live_cpu.server.as_secs_f64() / replay_cpu.server.as_secs_f64().max(1e-9)),
+            ..Row::default()
+        });
         report.note(format!(
             "3: CPU seconds per GB moved: TLS floor {:.2} (both ends, one process); replay \
-             {:.2} daemon + {:.2} client; live {:.2} daemon + {:.2} client (the daemon's \
-             share includes copying the job's pipe into its log; the job's own `head` is not \
-             counted).",
-            Cpu::per_gb(floor_cpu.client, total),
-            Cpu::per_gb(replay_cpu.server, total),
-            Cpu::per_gb(replay_cpu.client, total),
-            Cpu::per_gb(live_cpu.server, total),
-            Cpu::per_gb(live_cpu.client, total),
+             {:.2} daemon + {:.2} client; live {:.2} daemon + {:.2} client; the jobs' cgroups \
+             (`head` plus the init copying into the log) {:.2} per GB written ({} jobs).",
+            per_gb(floor_cpu.client, total),
+            per_gb(replay_cpu.server, total),
+            per_gb(replay_cpu.client, total),
+            per_gb(live_cpu.server, total),
+            per_gb(live_cpu.client, total),
+            per_gb(job_cpu, total + bytes),
+            plan.stream_reps + 1,
         ));
         report.row(Row {
             figure: "5",
@@ -152,12 +175,18 @@ pub async fn measure(context: &Context, report: &mut Report) -> anyhow::Result<f
     .await
 }
 
-/// Reads the job's whole output, timed from the request to the last byte.
-async fn timed_read(client: &mut Client, id: &str, bytes: u64) -> anyhow::Result<Transfer> {
+/// Reads the job's whole output, timed from the request to its last byte (the closing
+/// `OutputEnd` frame, which follows the last byte at once, included); returns the final status.
+async fn timed_read(
+    client: &mut Client,
+    id: &str,
+    bytes: u64,
+) -> anyhow::Result<(Transfer, jobworker_api::pb::JobStatus)> {
     let began = Instant::now();
     let read = jobs::read_all(client, id, bytes).await?;
-    Ok(Transfer {
-        bytes: read,
+    let transfer = Transfer {
+        bytes: read.bytes,
         elapsed: began.elapsed(),
-    })
+    };
+    Ok((transfer, read.end))
 }

@@ -194,6 +194,10 @@ pub(crate) struct Job {
     pub(crate) dir: PathBuf,
     log_path: Arc<PathBuf>,
     stop_requested: AtomicBool,
+    /// Held across each read-modify-write of the job's record after its start: the stop request
+    /// and the end are recorded by different threads, often at the same moment, and without it
+    /// they collide on the record's temporary file or one overwrites the other's update.
+    pub(crate) record_lock: std::sync::Mutex<()>,
     /// Set when the worker had to SIGKILL the init itself (it then cannot record the outcome).
     init_killed: AtomicBool,
     phase: watch::Sender<Phase>,
@@ -228,6 +232,7 @@ impl Job {
             log_path: Arc::new(output::log_path(&dir)),
             dir,
             stop_requested: AtomicBool::new(record.stop_requested),
+            record_lock: std::sync::Mutex::new(()),
             init_killed: AtomicBool::new(false),
             phase: watch::Sender::new(phase),
             grow,

@@ -509,9 +509,14 @@ impl OutputReader {
         // the blocking pool, so a cold page cache never stalls the runtime, and a cached one
         // costs no thread hop (a hop per chunk cost a quarter of the daemon's CPU when
         // streaming; see docs/benchmarks.md).
+        // A cached read may come back short: the rest of the window is on disk (evicted, e.g.
+        // by the job's memory limit, while this reader lagged). If it does not hold the frame
+        // `need`s, read from disk: the caller takes a read that adds nothing for the end of
+        // what the file holds.
+        let enough = need.min(room);
         let read = match read_cached(&self.file, self.offset, want).map_err(read_error)? {
-            Some(read) => read,
-            None => {
+            Some(read) if read.len() >= enough => read,
+            _ => {
                 let file = self.file.clone();
                 let offset = self.offset;
                 tokio::task::spawn_blocking(move || read_at(&file, offset, want))
@@ -636,6 +641,36 @@ pub(crate) mod tests {
 
     fn joined(chunks: &[Chunk]) -> Vec<u8> {
         chunks.iter().flat_map(|c| c.data.iter().copied()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_finished_log_only_partly_in_the_page_cache_is_read_whole() {
+        // A reader behind the writer finds part of a frame in the page cache and the rest on
+        // disk (evicted, e.g. by the job's memory limit): its non-blocking read comes back
+        // short. That is not the end of the log, nor damage.
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        let data: Vec<u8> = (0..4 * CHUNK).map(|i| (i % 251) as u8).collect();
+        let log = frames(&[(Stream::Stdout, &data)]);
+        // On a disk-backed file system (a tmpfs has no page cache to evict from).
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let path = Arc::new(dir.path().join("log"));
+        std::fs::write(&*path, &log).expect("write");
+        let file = File::open(&*path).expect("open");
+        file.sync_all().expect("fsync");
+        posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).expect("evict");
+        // Bring back only the first frame and a half, without readahead.
+        posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM).expect("advise");
+        let mut head = vec![0u8; WINDOW + WINDOW / 2];
+        file.read_exact_at(&mut head, 0).expect("read");
+        let end = LogEnd {
+            len: log.len() as u64,
+            output_bytes: data.len() as u64,
+            lost: false,
+        };
+        let chunks = read_all(path, end, StreamFilter::Both, 0)
+            .await
+            .expect("the whole log reads back");
+        assert_eq!(joined(&chunks), data);
     }
 
     #[tokio::test]

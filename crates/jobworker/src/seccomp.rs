@@ -15,8 +15,8 @@
 //! x32 bit itself, so the numbers below cannot be bypassed through a second syscall table.
 
 use std::fs::File;
-use std::io::{Read, Seek};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
@@ -193,16 +193,19 @@ pub(crate) fn compile() -> Result<OwnedFd, SeccompError> {
 }
 
 /// Reads a compiled program back (in the init). Classic BPF instructions are 8 bytes each.
+///
+/// Every job's init holds a duplicate of the worker's one memfd descriptor, so they all share
+/// one file offset: the program is read at explicit positions (`pread`), never through that
+/// offset, or inits starting at the same time would read parts of each other's reads.
 pub(crate) fn read_program(fd: OwnedFd) -> std::io::Result<Vec<libc::sock_filter>> {
-    let mut file = File::from(fd);
-    file.rewind()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > usize::from(u16::MAX) {
-        return Err(std::io::Error::other(
-            "the syscall filter program is malformed",
-        ));
+    let file = File::from(fd);
+    let len = file.metadata()?.len();
+    let malformed = || std::io::Error::other("the syscall filter program is malformed");
+    if len == 0 || len % 8 != 0 || len / 8 > u64::from(u16::MAX) {
+        return Err(malformed());
     }
+    let mut bytes = vec![0; usize::try_from(len).map_err(|_| malformed())?];
+    file.read_exact_at(&mut bytes, 0)?;
     Ok(bytes
         .chunks_exact(8)
         .map(|i| libc::sock_filter {
@@ -251,6 +254,30 @@ mod tests {
             "{} instructions",
             program.len()
         );
+    }
+
+    #[test]
+    fn inits_reading_the_program_at_the_same_time_each_read_it_whole() {
+        // Every init holds a duplicate of one descriptor: one shared file offset.
+        let fd = compile().expect("compile");
+        let whole = read_program(fd.try_clone().expect("dup"))
+            .expect("read back")
+            .len();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let fd = &fd;
+                s.spawn(move || {
+                    for _ in 0..20_000 {
+                        let read = read_program(fd.try_clone().expect("dup"));
+                        assert_eq!(
+                            read.map(|p| p.len()).map_err(|e| e.to_string()),
+                            Ok(whole),
+                            "a concurrent read saw another read's offset"
+                        );
+                    }
+                });
+            }
+        });
     }
 
     #[test]

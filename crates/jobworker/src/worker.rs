@@ -1118,6 +1118,11 @@ impl Shared {
             let store_owner = shared.clone();
             let concluded = tokio::task::spawn_blocking(move || {
                 let store = &store_owner.store;
+                // A poisoned lock guards no broken state: the record on disk is whole either way.
+                let _record = conclude_job
+                    .record_lock
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let mut record = match store.read_record(conclude_job.id) {
                     Ok(record) => record,
                     Err(why) => {
@@ -1163,7 +1168,10 @@ impl Shared {
     async fn stop(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), Error> {
         let shared = self.clone();
         let id = job.id;
+        let locked = job.clone();
         job.stop(self.config.stop_grace, move || {
+            // If the end was recorded first, the record now says so and is left alone.
+            let _record = locked.record_lock.lock().unwrap_or_else(|e| e.into_inner());
             match shared.store.read_record(id) {
                 Ok(mut record) if record.end.is_none() => {
                     record.stop_requested = true;

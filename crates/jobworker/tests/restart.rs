@@ -340,3 +340,39 @@ async fn a_second_worker_on_the_same_state_directory_is_refused_and_changes_noth
     assert_eq!(w.status(id).expect("status").state, JobState::Running);
     w.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_job_s_record_keeps_both_its_stop_request_and_its_end() {
+    // A stop records the request while the job's end is being recorded: the two writes of the
+    // same record must neither undo nor break each other, however they interleave.
+    // As many as the test's uid range allows: the more stops at once, the slower each fsync.
+    let w = std::sync::Arc::new(worker_with(|c| c.max_running_per_user = 64).await);
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(w.start("sleep", &["1000"]).await);
+    }
+    let mut stops = tokio::task::JoinSet::new();
+    for &id in &ids {
+        let w = w.clone();
+        stops.spawn(async move { w.worker.stop(id).await });
+    }
+    while let Some(stopped) = stops.join_next().await {
+        stopped.expect("task").expect("stop");
+    }
+    for &id in &ids {
+        let text = std::fs::read_to_string(job_file(w.state_dir.path(), id, "job.json"))
+            .expect("the job's record");
+        let record: serde_json::Value = serde_json::from_str(&text).expect("a JSON record");
+        assert!(
+            !record["end"].is_null(),
+            "job {id}'s record lost its end: {text}"
+        );
+        assert_eq!(
+            record["stop_requested"],
+            serde_json::Value::Bool(true),
+            "job {id}'s record lost its stop request: {text}"
+        );
+    }
+    let w = std::sync::Arc::into_inner(w).expect("one owner");
+    w.finish().await;
+}
