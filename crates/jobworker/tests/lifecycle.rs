@@ -351,14 +351,15 @@ async fn invalid_limits_are_rejected_and_leave_nothing() {
                 memory_bytes: Some(u64::MAX),
                 ..Limits::default()
             },
-            "memory must be between",
+            // However far above, the caller is told the maximum it can have.
+            "above this node's maximum of",
         ),
         (
             Limits {
                 pids: Some(5_000_000),
                 ..Limits::default()
             },
-            "the kernel's maximum",
+            "above this node's maximum of",
         ),
         (
             Limits {

@@ -164,6 +164,7 @@ async fn the_output_budget_makes_room_from_the_starters_own_oldest_output_only()
     let limit = 20 * 1024;
     let w = worker_with(|c| {
         c.max_total_output = Some(100 * 1024);
+        c.max_limits.output_bytes = Some(limit);
         c.default_limits.output_bytes = Some(limit);
     })
     .await;
@@ -193,6 +194,7 @@ async fn the_output_budget_makes_room_from_the_starters_own_oldest_output_only()
     // Running jobs' reservations are never taken: a budget full of them refuses.
     let w2 = worker_with(|c| {
         c.max_total_output = Some(60 * 1024);
+        c.max_limits.output_bytes = Some(limit);
         c.default_limits.output_bytes = Some(limit);
     })
     .await;
