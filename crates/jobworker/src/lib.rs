@@ -62,6 +62,6 @@ pub use sandbox::{DEFAULT_RO_PATHS, SandboxConfig};
 pub use spec::{CommandSpec, Limits};
 pub use uids::IdRange;
 pub use worker::{
-    Config, DEFAULT_PATH, ListCursor, ListPage, ListQuery, ParseCursorError, StateLock, Stats,
-    Worker,
+    Config, DEFAULT_PATH, JobOutput, ListCursor, ListPage, ListQuery, ParseCursorError, StateLock,
+    Stats, Worker,
 };

@@ -276,6 +276,21 @@ impl FromStr for ListCursor {
     }
 }
 
+/// A job's output and the job itself, from [`Worker::follow`].
+pub struct JobOutput {
+    /// The output, from the position asked for.
+    pub reader: OutputReader,
+    /// Kept so the status outlives the job's removal from the table.
+    job: Arc<Job>,
+}
+
+impl JobOutput {
+    /// The job's status now: final once `reader` has ended.
+    pub fn status(&self) -> JobStatus {
+        self.job.status()
+    }
+}
+
 /// One page of [`Worker::list`].
 #[derive(Debug, Clone)]
 pub struct ListPage {
@@ -691,6 +706,14 @@ impl Worker {
         from: u64,
     ) -> Result<OutputReader, Error> {
         Ok(self.job(id)?.reader(filter, from)?)
+    }
+
+    /// Like [`Worker::output`], with the job's status at hand: a stream's last message reports
+    /// the final status even if the job was removed while its output was read.
+    pub fn follow(&self, id: JobId, filter: StreamFilter, from: u64) -> Result<JobOutput, Error> {
+        let job = self.job(id)?;
+        let reader = job.reader(filter, from)?;
+        Ok(JobOutput { reader, job })
     }
 
     /// Waits until the job has ended and returns its final status.

@@ -112,7 +112,7 @@ async fn running_jobs_never_share_a_uid_and_the_range_bounds_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_job_is_removed_only_when_forced_and_a_reader_still_ends_cleanly() {
+async fn a_running_job_is_removed_only_when_forced_and_a_reader_still_ends_with_its_final_status() {
     let w = worker().await;
     let id = w
         .start_with(
@@ -123,19 +123,23 @@ async fn a_running_job_is_removed_only_when_forced_and_a_reader_still_ends_clean
     w.wait_for_line(id, "ready").await;
     let err = w.remove(id, false).await.expect_err("running");
     assert!(matches!(err, Error::JobRunning(_)), "{err:?}");
-    let mut reader = w
+    let mut output = w
         .worker
-        .output(id, StreamFilter::Both, 0)
+        .follow(id, StreamFilter::Both, 0)
         .expect("a reader before the removal");
     w.remove(id, true).await.expect("forced removal");
     assert!(matches!(w.status(id), Err(Error::NotFound(_))));
     assert!(w.job_dirs().is_empty(), "files left: {:?}", w.job_dirs());
     let mut got = Vec::new();
-    while let Some(chunk) = reader.next().await.expect("the reader ends cleanly") {
+    while let Some(chunk) = output.reader.next().await.expect("the reader ends cleanly") {
         got.extend_from_slice(&chunk.data);
     }
     let expected: String = (1..=1000).map(|i| format!("{i}\n")).collect::<String>() + "ready\n";
     assert_eq!(String::from_utf8_lossy(&got), expected);
+    // The end of a stream reports the final status (the server's OutputEnd), job removed or not.
+    let status = output.status();
+    assert!(status.stop_requested, "{status:?}");
+    assert!(matches!(status.state, JobState::Signaled(_)), "{status:?}");
     w.finish().await;
 }
 

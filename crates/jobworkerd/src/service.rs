@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::Stream;
-use jobworker::{Chunk, JobId, JobStatus, OutputReader, Worker};
+use jobworker::{Chunk, JobId, JobOutput, OutputReader, Worker};
 use jobworker_api::codec::MAX_OUTPUT_CHUNK;
 use jobworker_api::pb::{self, job_worker_server::JobWorker};
 use prost::Message;
@@ -107,18 +107,12 @@ impl JobService {
         })
     }
 
-    fn open_output(
-        &self,
-        peer: &Peer,
-        req: &pb::StreamOutputRequest,
-    ) -> Result<(JobId, OutputReader), Status> {
+    fn open_output(&self, peer: &Peer, req: &pb::StreamOutputRequest) -> Result<JobOutput, Status> {
         let (id, _) = self.job_for(peer, &req.job_id)?;
         let filter = convert::stream_filter(&req.streams)?;
-        let reader = self
-            .worker
-            .output(id, filter, req.offset)
-            .map_err(to_status)?;
-        Ok((id, reader))
+        self.worker
+            .follow(id, filter, req.offset)
+            .map_err(to_status)
     }
 }
 
@@ -206,11 +200,8 @@ impl JobWorker for JobService {
             .begin(&peer, Rpc::StreamOutput, Some(&req.job_id));
         let result = self.open_output(&peer, req);
         audit.finish(&result).await;
-        let (id, reader) = result?;
         Ok(Response::new(output_stream(
-            id,
-            reader,
-            self.worker.clone(),
+            result?,
             self.shutdown.clone(),
             self.metrics.clone(),
         )))
@@ -268,16 +259,12 @@ impl JobWorker for JobService {
 /// bytes, slices of it without a copy: see `jobworker_api::codec` for why. After the last byte
 /// comes one [`pb::OutputEnd`] with the job's final status, then the stream ends.
 fn output_stream(
-    id: JobId,
-    reader: OutputReader,
-    worker: Arc<Worker>,
+    output: JobOutput,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> OutputStream {
     struct State {
-        id: JobId,
-        reader: OutputReader,
-        worker: Arc<Worker>,
+        output: JobOutput,
         shutdown: watch::Receiver<bool>,
         /// What is left of the chunk being sent.
         rest: Option<Chunk>,
@@ -287,9 +274,7 @@ fn output_stream(
         metrics: Arc<Metrics>,
     }
     let state = State {
-        id,
-        reader,
-        worker,
+        output,
         shutdown,
         rest: None,
         done: false,
@@ -306,18 +291,16 @@ fn output_stream(
             _ = s.shutdown.wait_for(|down| *down) => {
                 Err(Status::unavailable("the server is shutting down and stops every job"))
             }
-            next = next_message(&mut s.reader, &mut s.rest) => match next {
+            next = next_message(&mut s.output.reader, &mut s.rest) => match next {
                 Ok(Some((message, bytes))) => {
                     s.metrics.streamed(bytes);
                     Ok(message)
                 }
                 Ok(None) => {
-                    // The reader ends only once the job's end is published: this is final.
+                    // The reader ends only once the job's end is published: this is final,
+                    // and at hand even if the job was removed meanwhile.
                     s.done = true;
-                    s.worker
-                        .status(s.id)
-                        .map(|status: JobStatus| convert::end_to_pb(&status))
-                        .map_err(to_status)
+                    Ok(convert::end_to_pb(&s.output.status()))
                 }
                 Err(e) => Err(to_status(e.into())),
             },
