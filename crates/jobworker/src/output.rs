@@ -651,8 +651,18 @@ pub(crate) mod tests {
         use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
         let data: Vec<u8> = (0..4 * CHUNK).map(|i| (i % 251) as u8).collect();
         let log = frames(&[(Stream::Stdout, &data)]);
-        // On a disk-backed file system (a tmpfs has no page cache to evict from).
-        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        // On a disk-backed file system: a tmpfs has no page cache to evict from, and the test
+        // would pass without testing anything. $TMPDIR if set (the v2 guest's scratch disk), else
+        // /var/tmp.
+        let base = std::env::var_os("TMPDIR").map_or_else(|| "/var/tmp".into(), PathBuf::from);
+        let fs = nix::sys::statfs::statfs(&base).expect("statfs");
+        assert_ne!(
+            fs.filesystem_type(),
+            nix::sys::statfs::TMPFS_MAGIC,
+            "{} is a tmpfs: set TMPDIR to a directory on a disk",
+            base.display()
+        );
+        let dir = tempfile::tempdir_in(&base).expect("tempdir");
         let path = Arc::new(dir.path().join("log"));
         std::fs::write(&*path, &log).expect("write");
         let file = File::open(&*path).expect("open");
