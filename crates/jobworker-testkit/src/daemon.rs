@@ -362,17 +362,7 @@ impl Daemon {
     /// Removes the cgroups named after this daemon's parent, killing what runs in them: what
     /// a killed or `--live-restore` daemon leaves behind. Best effort.
     fn remove_leftover_cgroups(&self) {
-        let parents = cgroups_named(&self.cgroup_parent);
-        for parent in &parents {
-            kill_all_below(parent);
-        }
-        for parent in parents {
-            // Killed processes leave their cgroups once the kernel has reaped them.
-            eventually_blocking(Duration::from_secs(5), || {
-                remove_tree(&parent);
-                !parent.exists()
-            });
-        }
+        remove_cgroup_trees(&cgroups_named(&self.cgroup_parent));
     }
 }
 
@@ -479,6 +469,40 @@ fn find_named(dir: &Path, name: &str, depth: usize, found: &mut Vec<PathBuf>) {
 }
 
 /// SIGKILLs every process in `dir` and the cgroups below it.
+/// Kills every process in the cgroups `dirs` and below, then removes them: the clean-up for a
+/// test that failed before it could shut its worker down.
+pub fn remove_cgroup_trees(dirs: &[PathBuf]) {
+    for dir in dirs {
+        kill_all_below(dir);
+    }
+    for dir in dirs {
+        // Killed processes leave their cgroups once the kernel has reaped them.
+        eventually_blocking(Duration::from_secs(5), || {
+            remove_tree(dir);
+            !dir.exists()
+        });
+    }
+}
+
+/// Removes cgroups, and kills what runs in them, if dropped while a test panics: a failed test
+/// never reaches its worker's shutdown, and its jobs and cgroups would outlive it.
+pub struct CleanupOnPanic(Vec<PathBuf>);
+
+impl CleanupOnPanic {
+    /// A guard for the cgroups `dirs` (a worker's parents).
+    pub fn new(dirs: Vec<PathBuf>) -> CleanupOnPanic {
+        CleanupOnPanic(dirs)
+    }
+}
+
+impl Drop for CleanupOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            remove_cgroup_trees(&self.0);
+        }
+    }
+}
+
 fn kill_all_below(dir: &Path) {
     if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {

@@ -17,6 +17,9 @@ mod daemon;
 mod pki;
 mod poll;
 
-pub use daemon::{Daemon, DaemonOptions, cgroups_named, job_cgroups, jobworkerd, random_job_ids};
+pub use daemon::{
+    CleanupOnPanic, Daemon, DaemonOptions, cgroups_named, job_cgroups, jobworkerd, random_job_ids,
+    remove_cgroup_trees,
+};
 pub use pki::{Pki, chain_and_key, client_leaf};
 pub use poll::{eventually, eventually_blocking};

@@ -23,6 +23,7 @@ pub struct TestWorker {
     pub state_dir: tempfile::TempDir,
     /// What it was started with (a restart reuses it).
     pub config: Config,
+    _cleanup: jobworker_testkit::CleanupOnPanic,
 }
 
 impl std::ops::Deref for TestWorker {
@@ -118,10 +119,12 @@ pub async fn worker_with(tweak: impl FnOnce(&mut Config)) -> TestWorker {
     let mut config = config(state_dir.path(), &unique_parent());
     tweak(&mut config);
     let (worker, config) = start_worker(config).await;
+    let _cleanup = jobworker_testkit::CleanupOnPanic::new(worker.cgroup_parents());
     TestWorker {
         worker,
         state_dir,
         config,
+        _cleanup,
     }
 }
 
@@ -133,6 +136,7 @@ impl TestWorker {
             worker,
             state_dir,
             config,
+            _cleanup,
         } = self;
         if graceful {
             worker.shutdown().await;
@@ -143,6 +147,7 @@ impl TestWorker {
             worker,
             state_dir,
             config,
+            _cleanup,
         }
     }
 

@@ -88,6 +88,7 @@ pub struct TestServer {
     pub server: Server,
     pub worker: Arc<Worker>,
     pub state_dir: tempfile::TempDir,
+    _cleanup: jobworker_testkit::CleanupOnPanic,
 }
 
 impl TestServer {
@@ -109,11 +110,13 @@ impl TestServer {
         let server = Server::start(listener, tls, worker.clone(), options)
             .await
             .expect("server");
+        let _cleanup = jobworker_testkit::CleanupOnPanic::new(worker.cgroup_parents());
         TestServer {
             pki,
             server,
             worker,
             state_dir,
+            _cleanup,
         }
     }
 
